@@ -1,0 +1,141 @@
+"""The small interface every election backend implements, and how backends are found.
+
+A backend is one module (etcd, ZooKeeper, or a third party's) exposing a `Backend` subclass
+through the entry-point group `leaderrun.backends`, keyed by URL scheme. The supervisor only
+ever talks to this interface, so the safety logic (when to stop the child) lives in one place
+and is the same for every store.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from leaderrun.errors import UsageError
+from leaderrun.settings import Settings
+
+ENTRY_POINT_GROUP = "leaderrun.backends"
+
+
+@dataclass
+class LeaseClock:
+    """What the server has promised: the lease cannot expire before `last_ack + ttl`.
+
+    `last_ack` is the monotonic *send* time of the newest renewal the server answered; a
+    backend updates it from its renewal thread, the supervisor reads it to know when it must
+    stop the child (SPEC §3 timing rule) no matter what the backend says or fails to say.
+    """
+
+    ttl: float
+    last_ack: float = field(default_factory=time.monotonic)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def acked(self, sent_at: float, ttl: float) -> None:
+        with self._lock:
+            if sent_at > self.last_ack:
+                self.last_ack = sent_at
+            self.ttl = ttl
+
+    def deadline(self) -> float:
+        """The earliest monotonic time at which the server may expire the lease."""
+        with self._lock:
+            return self.last_ack + self.ttl
+
+    def since_ack(self) -> float:
+        with self._lock:
+            return time.monotonic() - self.last_ack
+
+
+@dataclass
+class Leadership:
+    """One term: held from election until `lost` is set or the holder resigns."""
+
+    token: int
+    key: str
+    clock: LeaseClock
+    lost: threading.Event = field(default_factory=threading.Event)
+    lost_reason: str = ""
+
+    def lose(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.lost_reason = reason
+            self.lost.set()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Who is in the queue, as read back from the store (for logs and `status`)."""
+
+    key: str
+    token: int
+    value: bytes
+
+    @property
+    def identity(self) -> str:
+        from leaderrun.record import identity_of
+
+        return identity_of(self.value)
+
+
+class Backend(abc.ABC):
+    """One connection to a store, holding at most one candidacy at a time."""
+
+    #: URL schemes this backend serves, e.g. ("etcd", "etcds").
+    schemes: tuple[str, ...] = ()
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        #: Called with a waiting-behind `Candidate` whenever the one ahead of us changes.
+        self.on_waiting: Callable[[Candidate], None] = lambda candidate: None
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Reach the store within `settings.connect_timeout`.
+
+        Raises BackendUnreachable (exit 69) or BackendRefused (exit 77).
+        """
+
+    @abc.abstractmethod
+    def campaign(self, value: bytes, cancel: threading.Event) -> Leadership | None:
+        """Join the queue and block until elected; None when `cancel` was set first.
+
+        Candidates are served in arrival order and each waiter watches only the candidate just
+        ahead of it. The lease/session is renewed from the moment the candidate is in the queue.
+        """
+
+    @abc.abstractmethod
+    def resign(self) -> None:
+        """Leave the election (leader or waiter) so the next candidate starts at once."""
+
+    @abc.abstractmethod
+    def release_handle(self) -> Mapping[str, Any] | None:
+        """A JSON-able description of the current lease/session, for `release_orphaned`."""
+
+    @classmethod
+    @abc.abstractmethod
+    def release_orphaned(cls, settings: Settings, handle: Mapping[str, Any]) -> None:
+        """Release a lease/session whose owning process died (called by leaderrun's guard)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Drop the connection; does not release anything by itself."""
+
+
+def backend_class(scheme: str) -> type[Backend]:
+    """Find the backend for a URL scheme through the `leaderrun.backends` entry points."""
+    found = entry_points(group=ENTRY_POINT_GROUP, name=scheme)
+    for entry in found:
+        cls = entry.load()
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise UsageError(f"--backend: entry point {entry.value!r} is not a leaderrun Backend")
+        return cls
+    known = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    raise UsageError(
+        f"--backend: no backend for scheme {scheme!r}; use one of: "
+        + ", ".join(f"{name}://" for name in known)
+    )

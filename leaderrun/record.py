@@ -1,0 +1,51 @@
+"""The value a candidate stores under its election key.
+
+A small versioned JSON document, so that `status`, logs and other candidates can say who leads
+("waiting behind node-a") and so that standard tools (`etcdctl elect --listen`) show something
+readable. It names the command but never its arguments: those may hold secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+from leaderrun import __version__
+
+SCHEMA_VERSION = 1
+
+
+def candidate_value(identity: str, command: str, leaderrun_pid: int | None = None) -> bytes:
+    document = {
+        "v": SCHEMA_VERSION,
+        "id": identity,
+        "host": socket.gethostname(),
+        "pid": leaderrun_pid if leaderrun_pid is not None else os.getpid(),
+        "started": time.time(),
+        "leaderrun": __version__,
+        "command": os.path.basename(command),
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def parse_value(value: bytes) -> dict[str, Any] | None:
+    """The document, or None when the value is not one of ours (foreign, old, damaged)."""
+    try:
+        document = json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("id"), str):
+        return None
+    return document
+
+
+def identity_of(value: bytes) -> str:
+    """A printable name for a candidate, whatever its value holds."""
+    document = parse_value(value)
+    if document is not None:
+        return str(document["id"])
+    preview = value[:40].decode("utf-8", "backslashreplace")
+    return f"<foreign value {preview!r}{'...' if len(value) > 40 else ''}>"

@@ -1,0 +1,202 @@
+"""Parsing and validation of everything the user can set.
+
+All checks happen here, before leaderrun connects anywhere, so that bad input never leaves a
+half-done state in the store: a bad duration, URL, name or an impossible timing combination is
+a `UsageError` with a message that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from leaderrun.errors import UsageError
+
+ELECTION_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+PREFIX = re.compile(r"(/[A-Za-z0-9._-]+)+")
+DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)?")
+UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+MAX_DURATION = 7 * 24 * 3600.0
+DEFAULT_PORTS = {"etcd": 2379, "etcds": 2379, "zk": 2181}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Parse `500ms`, `10s`, `5m`, `1h` or bare seconds into seconds (a positive float)."""
+    match = DURATION.fullmatch(text.strip())
+    if not match:
+        raise UsageError(
+            f"{option}: {text!r} is not a duration; write it like 500ms, 10s, 5m, 1h or 30"
+        )
+    seconds = float(match["number"]) * UNIT_SECONDS[match["unit"]]
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_DURATION:
+        raise UsageError(f"{option}: {text!r} must be more than 0 and at most 7 days")
+    return seconds
+
+
+def validate_election_name(name: str, *, derived_from_command: bool = False) -> str:
+    if ELECTION_NAME.fullmatch(name):
+        return name
+    if derived_from_command:
+        raise UsageError(
+            f"the command name {name!r} is not a valid election name "
+            "([A-Za-z0-9._-], 1-128 characters); name the election with --election NAME"
+        )
+    raise UsageError(
+        f"--election: {name!r} is not a valid election name; "
+        "use 1-128 characters of A-Z a-z 0-9 . _ -"
+    )
+
+
+def validate_prefix(prefix: str) -> str:
+    if not PREFIX.fullmatch(prefix) or any(part in (".", "..") for part in prefix.split("/")):
+        raise UsageError(
+            f"--prefix: {prefix!r} is not a valid prefix; write it like /leaderrun or /jobs/prod"
+        )
+    return prefix
+
+
+def validate_identity(identity: str) -> str:
+    if not identity or len(identity) > 256 or not identity.isprintable():
+        raise UsageError(
+            "--id: the identity must be 1-256 printable characters (it is shown to operators)"
+        )
+    return identity
+
+
+def default_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BackendURL:
+    """A parsed `--backend` URL. `str()` gives it back without any secret."""
+
+    scheme: str
+    endpoints: tuple[Endpoint, ...]
+    path: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{','.join(map(str, self.endpoints))}{self.path}"
+
+
+def parse_backend_url(text: str) -> BackendURL:
+    """Parse `etcd://h1:2379,h2:2379` or `zk://h1:2181,h2:2181/chroot`.
+
+    Passwords in URLs are refused: a URL ends up in process listings, shell history and logs.
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep or not scheme:
+        raise UsageError(
+            f"--backend: {text!r} is not a URL; write it like etcd://10.0.0.1:2379,10.0.0.2:2379"
+        )
+    scheme = scheme.lower()
+    hosts, slash, path = rest.partition("/")
+    if "@" in hosts:
+        raise UsageError(
+            "--backend: credentials in the URL are refused (they would show in process "
+            "listings); use --user with --password-file instead"
+        )
+    if "?" in rest or "#" in rest:
+        raise UsageError(f"--backend: {text!r} has a query or fragment; remove it")
+    endpoints = tuple(_parse_endpoint(item, scheme, text) for item in hosts.split(","))
+    return BackendURL(scheme=scheme, endpoints=endpoints, path=(slash + path).rstrip("/"))
+
+
+def _parse_endpoint(item: str, scheme: str, text: str) -> Endpoint:
+    if not item:
+        raise UsageError(f"--backend: {text!r} has an empty host; write host:port[,host:port]")
+    try:
+        parsed = urlsplit(f"//{item}")
+        port = parsed.port
+        host = parsed.hostname
+    except ValueError as exc:
+        raise UsageError(f"--backend: bad host:port {item!r} in {text!r} ({exc})") from None
+    if not host:
+        raise UsageError(f"--backend: bad host:port {item!r} in {text!r}")
+    if port is None:
+        port = DEFAULT_PORTS.get(scheme)
+        if port is None:
+            raise UsageError(f"--backend: {item!r} needs a port")
+    if port == 0:
+        raise UsageError(f"--backend: port 0 in {item!r} is not a port to connect to")
+    return Endpoint(host=host, port=port)
+
+
+def safety_margin(ttl: float) -> float:
+    """SPEC §3: the child must be dead this long before the server may expire the lease."""
+    return max(0.5, ttl / 20)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The lease TTL and the margins derived from it (SPEC §3, timing rule)."""
+
+    ttl: float
+    kill_grace: float
+    renew_interval: float
+
+    @property
+    def safety(self) -> float:
+        return safety_margin(self.ttl)
+
+    def stop_at(self, lease_deadline: float) -> float:
+        """When stopping must begin so the group is dead at `lease_deadline - safety`."""
+        return lease_deadline - self.safety - self.kill_grace
+
+    def check(self, what: str = "--ttl") -> None:
+        """Refuse combinations under which the timing rule cannot be kept."""
+        needed = self.renew_interval + self.kill_grace + self.safety
+        if needed >= self.ttl:
+            raise UsageError(
+                f"timing: renew interval {self.renew_interval:g}s + kill grace "
+                f"{self.kill_grace:g}s + safety {self.safety:g}s must be less than the "
+                f"{what} of {self.ttl:g}s; raise --ttl above {needed:g}s or lower "
+                "--kill-grace / --renew-interval"
+            )
+
+    def with_granted_ttl(self, granted: float) -> Timing:
+        """The server may grant another TTL than asked; the rule uses what it granted."""
+        return Timing(ttl=granted, kill_grace=self.kill_grace, renew_interval=self.renew_interval)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `run` needs, already validated."""
+
+    backend: BackendURL
+    election: str
+    prefix: str
+    identity: str
+    timing: Timing
+    connect_timeout: float
+    command: tuple[str, ...] = ()
+    verbosity: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def election_path(self) -> str:
+        return f"{self.prefix}/{self.election}"
+
+
+def build_timing(ttl: float, kill_grace: float, renew_interval: float | None) -> Timing:
+    timing = Timing(
+        ttl=ttl,
+        kill_grace=kill_grace,
+        renew_interval=renew_interval if renew_interval is not None else ttl / 4,
+    )
+    timing.check()
+    return timing
