@@ -42,7 +42,11 @@ GRPC_OPTIONS = [
     ("grpc.enable_retries", 0),
 ]
 REFUSAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-TRANSIENT_ERRORS = (pyetcd.exceptions.Etcd3Exception, grpc.RpcError, ValueError)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    pyetcd.exceptions.Etcd3Exception,
+    grpc.RpcError,
+    ValueError,
+)
 
 
 class WatchEnd(Enum):
@@ -276,7 +280,7 @@ class EtcdBackend(Backend):
                     return WatchEnd.DELETED
             return WatchEnd.STOPPED
         finally:
-            with suppress(TRANSIENT_ERRORS):
+            with suppress(*TRANSIENT_ERRORS):
                 self.client.cancel_watch(watch_id)
 
     # -- leaving ------------------------------------------------------------------------------
