@@ -21,6 +21,7 @@ PREFIX = re.compile(r"(/[A-Za-z0-9._-]+)+")
 DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)?")
 UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 MAX_DURATION = 7 * 24 * 3600.0
+KILL_LEAD = 0.1
 DEFAULT_PORTS = {"etcd": 2379, "etcds": 2379, "zk": 2181}
 
 
@@ -153,13 +154,21 @@ class Timing:
     def safety(self) -> float:
         return safety_margin(self.ttl)
 
+    def kill_by(self, lease_deadline: float) -> float:
+        """When SIGKILL must be sent so the group is dead at `lease_deadline - safety`.
+
+        SIGKILL is not instantaneous (the kernel must tear the processes down and we must
+        see them gone), so it goes out KILL_LEAD before the point the rule names.
+        """
+        return lease_deadline - self.safety - KILL_LEAD
+
     def stop_at(self, lease_deadline: float) -> float:
-        """When stopping must begin so the group is dead at `lease_deadline - safety`."""
-        return lease_deadline - self.safety - self.kill_grace
+        """When stopping (SIGTERM) must begin: a full kill grace before `kill_by`."""
+        return self.kill_by(lease_deadline) - self.kill_grace
 
     def check(self, what: str = "--ttl") -> None:
         """Refuse combinations under which the timing rule cannot be kept."""
-        needed = self.renew_interval + self.kill_grace + self.safety
+        needed = self.renew_interval + self.kill_grace + self.safety + KILL_LEAD
         if needed >= self.ttl:
             raise UsageError(
                 f"timing: renew interval {self.renew_interval:g}s + kill grace "

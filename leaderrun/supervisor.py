@@ -248,12 +248,12 @@ class Supervisor:
             len(leftovers),
             ", ".join(f"pid {p.pid}" for p in leftovers[:5]),
         )
-        kill_by = leadership.clock.deadline() - self.settings.timing.safety
+        kill_by = self.settings.timing.kill_by(leadership.clock.deadline())
         process.stop_everything(None, self.settings.timing.kill_grace, kill_by=kill_by)
 
     def _stop_lost(self, child: process.Child, leadership: Leadership, reason: str) -> int:
         log.warning("leadership lost: %s; stopping child pid %d", reason, child.pid)
-        kill_by = leadership.clock.deadline() - self.settings.timing.safety
+        kill_by = self.settings.timing.kill_by(leadership.clock.deadline())
         process.stop_everything(child, self.settings.timing.kill_grace, kill_by=kill_by)
         log.warning(
             "child pid %d stopped after losing leadership (exit %d)", child.pid, ExitCode.LOST
@@ -269,7 +269,7 @@ class Supervisor:
             child.pid,
             deadline - time.monotonic(),
         )
-        process.stop_everything(child, timing.kill_grace, kill_by=deadline - timing.safety)
+        process.stop_everything(child, timing.kill_grace, kill_by=timing.kill_by(deadline))
         dead_at = time.monotonic()
         log.warning(
             "child pid %d stopped %.2fs before the lease deadline (exit %d)",

@@ -410,9 +410,16 @@ class EtcdCluster:
         A SIGTERMed etcd 3.4 leader first hands leadership over and waits up to 7 s for that
         to succeed; if its followers were already going, that wait is lost every time. So
         the current leader is stopped while a follower can still take over, then the next
-        one; members without a leader (no quorum, frozen) are stopped all at once, and
-        anything still up after the bounded wait is SIGKILLed.
+        one; members without a leader (no quorum) are stopped all at once, and anything
+        still up after the bounded wait is SIGKILLed. Frozen members are thawed first, or a
+        thawed stale leader would spend those 7 s handing over to members already gone.
         """
+        thawed = [m for m in self.members if m.frozen and m.is_running()]
+        for m in thawed:
+            m.thaw()
+        if thawed:
+            with contextlib.suppress(TimeoutError, RuntimeError):
+                self.wait_healthy(timeout=3.0)
         for _ in range(len(self.members)):
             if len(self.live_members()) < 2:
                 break
