@@ -25,7 +25,7 @@ from leaderrun import process
 from leaderrun.backends import Backend, Candidate, Leadership, backend_class
 from leaderrun.errors import ExitCode, LeaderrunError, signal_exit_code
 from leaderrun.record import candidate_value
-from leaderrun.settings import Settings
+from leaderrun.settings import Settings, Timing
 
 log = logging.getLogger("leaderrun")
 
@@ -193,7 +193,7 @@ class Supervisor:
 
     def _supervise(self, child: process.Child, leadership: Leadership) -> int:
         """The LEADING loop. Returns the exit code once every process of the child is gone."""
-        timing = self.settings.timing
+        timing = self._timing(leadership)
         pidfd = os.pidfd_open(child.pid)
         fds = [pidfd, self.signals.read_fd, self.lost_wake_r]
         if self.parent_gone_fd is not None:
@@ -248,20 +248,22 @@ class Supervisor:
             len(leftovers),
             ", ".join(f"pid {p.pid}" for p in leftovers[:5]),
         )
-        kill_by = self.settings.timing.kill_by(leadership.clock.deadline())
-        process.stop_everything(None, self.settings.timing.kill_grace, kill_by=kill_by)
+        timing = self._timing(leadership)
+        kill_by = timing.kill_by(leadership.clock.deadline())
+        process.stop_everything(None, timing.kill_grace, kill_by=kill_by)
 
     def _stop_lost(self, child: process.Child, leadership: Leadership, reason: str) -> int:
         log.warning("leadership lost: %s; stopping child pid %d", reason, child.pid)
-        kill_by = self.settings.timing.kill_by(leadership.clock.deadline())
-        process.stop_everything(child, self.settings.timing.kill_grace, kill_by=kill_by)
+        timing = self._timing(leadership)
+        kill_by = timing.kill_by(leadership.clock.deadline())
+        process.stop_everything(child, timing.kill_grace, kill_by=kill_by)
         log.warning(
             "child pid %d stopped after losing leadership (exit %d)", child.pid, ExitCode.LOST
         )
         return ExitCode.LOST
 
     def _stop_at_risk(self, child: process.Child, leadership: Leadership) -> int:
-        timing = self.settings.timing
+        timing = self._timing(leadership)
         deadline = leadership.clock.deadline()
         log.warning(
             "lease renewal failing for %.1fs; stopping child pid %d (lease may expire in %.1fs)",
@@ -292,6 +294,10 @@ class Supervisor:
         log.info("released leadership of %s", self.settings.election_path)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _timing(self, leadership: Leadership) -> Timing:
+        """The timing rule applies to the TTL the server granted, not the one we asked for."""
+        return self.settings.timing.with_granted_ttl(leadership.clock.ttl)
 
     def _child_env(self, leadership: Leadership) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}

@@ -69,17 +69,37 @@ class Leadership:
 
 @dataclass(frozen=True)
 class Candidate:
-    """Who is in the queue, as read back from the store (for logs and `status`)."""
+    """Who is in the queue, as read back from the store (for logs and `status`).
+
+    `value` is whatever the store holds (ours is `record.candidate_value`, but a foreign or
+    damaged value must still be shown, never crash). `ttl_left` is the seconds the leader's
+    lease/session has left where the store can tell (etcd), else None.
+    """
 
     key: str
     token: int
     value: bytes
+    ttl_left: float | None = None
 
     @property
     def identity(self) -> str:
         from leaderrun.record import identity_of
 
         return identity_of(self.value)
+
+
+@dataclass(frozen=True)
+class ElectionView:
+    """One election as `status` shows it: the queue in order (leader first) and the record of
+    the last successful run (`--once-per`), raw bytes as stored, or None."""
+
+    name: str
+    candidates: tuple[Candidate, ...]
+    last_run: bytes | None = None
+
+    @property
+    def leader(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
 
 
 class Backend(abc.ABC):
@@ -124,6 +144,38 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Drop the connection; does not release anything by itself."""
+
+    # -- the last-successful-run record (`--once-per`) -------------------------------------------
+
+    @abc.abstractmethod
+    def last_run(self) -> bytes | None:
+        """The election's last-run record as stored, or None when there is none.
+
+        It lives at the election's own path (`<prefix>/<election>`: the etcd key without the
+        trailing slash, the ZooKeeper parent node's data), outside the candidate queue.
+        """
+
+    @abc.abstractmethod
+    def record_run(self, leadership: Leadership, record: bytes) -> bool:
+        """Write the last-run record only if `leadership` is still held, atomically.
+
+        etcd: a transaction conditioned on our leader key's create revision; ZooKeeper: a
+        multi-op checking our node. False when leadership was gone, so nothing was written.
+        """
+
+    # -- observing and steering (`status`, `step-down`) -------------------------------------------
+
+    @abc.abstractmethod
+    def elections(self) -> list[str]:
+        """Names of the elections under the prefix that have candidates or a record."""
+
+    @abc.abstractmethod
+    def view(self, election: str) -> ElectionView:
+        """The queue of `election` in order, leader first, with the last-run record."""
+
+    @abc.abstractmethod
+    def step_down(self, election: str) -> Candidate | None:
+        """Delete the current leader's key/node of `election`; the leader it was, or None."""
 
 
 def backend_class(scheme: str) -> type[Backend]:

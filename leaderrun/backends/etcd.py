@@ -27,7 +27,7 @@ import grpc
 import pyetcd
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
-from leaderrun.backends import Backend, Candidate, Leadership, LeaseClock
+from leaderrun.backends import Backend, Candidate, ElectionView, Leadership, LeaseClock
 from leaderrun.errors import BackendRefused, BackendUnreachable
 from leaderrun.settings import Settings
 
@@ -325,6 +325,66 @@ class EtcdBackend(Backend):
                     time.sleep(RETRY_INTERVAL)
         finally:
             client.close()
+
+    # -- last-run record ------------------------------------------------------------------------
+
+    def last_run(self) -> bytes | None:
+        value, _ = self._retry(lambda: self.client.get(self.settings.election_path))
+        return bytes(value) if value is not None else None
+
+    def record_run(self, leadership: Leadership, record: bytes) -> bool:
+        txn = self.client.transactions
+        succeeded, _ = self._retry(
+            lambda: self.client.transaction(
+                compare=[txn.create(leadership.key) == leadership.token],
+                success=[txn.put(self.settings.election_path, record)],
+                failure=[],
+            )
+        )
+        return bool(succeeded)
+
+    # -- observing and steering -----------------------------------------------------------------
+
+    def elections(self) -> list[str]:
+        root = self.settings.prefix + "/"
+        found = self._retry(lambda: list(self.client.get_prefix(root, keys_only=True)))
+        names = {
+            meta.key.decode("utf-8", "replace")[len(root) :].split("/")[0] for _, meta in found
+        }
+        return sorted(name for name in names if name)
+
+    def view(self, election: str) -> ElectionView:
+        path = f"{self.settings.prefix}/{election}"
+        found = self._retry(
+            lambda: list(
+                self.client.get_prefix(path + "/", sort_order="ascend", sort_target="create")
+            )
+        )
+        candidates = [
+            Candidate(meta.key.decode("utf-8", "replace"), int(meta.create_revision), bytes(value))
+            for value, meta in found
+        ]
+        if candidates:
+            lease = found[0][1].lease_id
+            ttl = self._retry(lambda: self.client.get_lease_info(lease)).TTL if lease else None
+            leader = candidates[0]
+            candidates[0] = Candidate(leader.key, leader.token, leader.value, ttl_left=ttl)
+        record, _ = self._retry(lambda: self.client.get(path))
+        return ElectionView(election, tuple(candidates), bytes(record) if record else None)
+
+    def step_down(self, election: str) -> Candidate | None:
+        leader = self.view(election).leader
+        if leader is None:
+            return None
+        txn = self.client.transactions
+        self._retry(
+            lambda: self.client.transaction(
+                compare=[txn.create(leader.key) == leader.token],
+                success=[txn.delete(leader.key)],
+                failure=[],
+            )
+        )
+        return leader
 
     # -- helpers ------------------------------------------------------------------------------
 
