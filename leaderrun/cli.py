@@ -1,7 +1,9 @@
 """The command line: thin by design.
 
-It turns options (flags, then `LEADERRUN_*` variables) into validated `Settings` and hands them
-to the guard/supervisor. Every problem with the input becomes one line on stderr and exit 2,
+It turns options into validated `Settings` and hands them on: `run` to the guard/supervisor,
+`status` and `step-down` to `leaderrun.operate`. Each option comes from the command line, else
+its `LEADERRUN_*` variable, else the `--config` TOML file (click's own precedence: the file
+fills `default_map`). Every problem with the input becomes one line on stderr and exit 2,
 before anything is written to the store.
 """
 
@@ -9,15 +11,18 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+import tomllib
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from leaderrun import __version__
 from leaderrun.errors import ExitCode, LeaderrunError, UsageError
-from leaderrun.log import setup_logging
+from leaderrun.log import FORMATS, setup_logging
 from leaderrun.settings import (
     Settings,
+    Timing,
     build_timing,
     default_identity,
     parse_backend_url,
@@ -28,6 +33,7 @@ from leaderrun.settings import (
 )
 
 DEFAULT_BACKEND = "etcd://127.0.0.1:2379"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class DefaultRunGroup(click.Group):
@@ -47,107 +53,257 @@ def cli() -> None:
     \b
       leaderrun -- ./process_payments.sh
       leaderrun --backend etcd://10.0.0.1:2379,10.0.0.2:2379 -e payments -- ./pay.sh
+      leaderrun status payments
     """
 
 
 def _env(name: str) -> str:
-    return f"LEADERRUN_{name}"
+    return f"LEADERRUN_{name.upper().replace('-', '_')}"
+
+
+def load_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    """Fill click's default_map from the TOML file, so flags and env vars still win."""
+    if not path:
+        return path
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise UsageError(f"--config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config: {path} is not valid TOML: {exc}") from None
+    known = {p.name: p for p in ctx.command.params if p.name not in ("config", "command")}
+    defaults: dict[str, Any] = {}
+    for key, value in document.items():
+        name = key.replace("-", "_")
+        if name not in known or isinstance(value, dict | list):
+            raise UsageError(
+                f"--config: unknown key {key!r} in {path}; "
+                f"valid keys are the long options of `leaderrun {ctx.command.name}`"
+            )
+        defaults[name] = value if isinstance(value, bool | int) else str(value)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+def common_options(func: F) -> F:
+    """Options every command shares: where the store is and how to talk."""
+    options = [
+        click.option(
+            "--config",
+            envvar=_env("config"),
+            is_eager=True,
+            expose_value=False,
+            callback=load_config,
+            help="TOML file with the same keys as the long options.",
+        ),
+        click.option(
+            "--backend", envvar=_env("backend"), default=DEFAULT_BACKEND, show_default=True,
+            help="etcd://h1:2379,h2:2379",
+        ),
+        click.option(
+            "--prefix", envvar=_env("prefix"), default="/leaderrun", show_default=True,
+            help="Where elections live in the store.",
+        ),
+        click.option(
+            "--connect-timeout", envvar=_env("connect-timeout"), default="10s",
+            show_default=True, help="Give up reaching the backend after this long (exit 69).",
+        ),
+        click.option("-v", "--verbose", count=True, help="More output (-vv: debug)."),
+        click.option("-q", "--quiet", count=True, help="Errors only."),
+        click.option(
+            "--log-format", envvar=_env("log-format"), type=click.Choice(FORMATS),
+            default="text", show_default=True, help="Human text, or one JSON object per line.",
+        ),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
-@click.option(
-    "--backend",
-    envvar=_env("BACKEND"),
-    default=DEFAULT_BACKEND,
-    show_default=True,
-    help="etcd://h1:2379,h2:2379",
-)
+@common_options
 @click.option(
     "--election",
     "-e",
-    envvar=_env("ELECTION"),
+    envvar=_env("election"),
     help="Election name [default: basename of COMMAND].",
 )
 @click.option(
-    "--prefix",
-    envvar=_env("PREFIX"),
-    default="/leaderrun",
-    show_default=True,
-    help="Where elections live in the store.",
-)
-@click.option(
-    "--id", "identity", envvar=_env("ID"), help="This candidate's identity [default: hostname:pid]."
+    "--id", "identity", envvar=_env("id"), help="This candidate's identity [default: hostname:pid]."
 )
 @click.option(
     "--ttl",
-    envvar=_env("TTL"),
+    envvar=_env("ttl"),
     default="10s",
     show_default=True,
-    help="Lease TTL requested from the server.",
+    help="Lease TTL / session timeout requested from the server.",
 )
 @click.option(
     "--kill-grace",
-    envvar=_env("KILL_GRACE"),
+    envvar=_env("kill-grace"),
     default="3s",
     show_default=True,
     help="Time between SIGTERM and SIGKILL when stopping the child.",
 )
 @click.option(
     "--renew-interval",
-    envvar=_env("RENEW_INTERVAL"),
+    envvar=_env("renew-interval"),
     help="Lease renewal interval [default: TTL/4].",
 )
 @click.option(
-    "--connect-timeout",
-    envvar=_env("CONNECT_TIMEOUT"),
-    default="10s",
-    show_default=True,
-    help="Give up reaching the backend after this long (exit 69).",
+    "--no-wait",
+    is_flag=True,
+    envvar=_env("no-wait"),
+    help="Exit with --skip-exit-code unless elected at once.",
 )
-@click.option("-v", "--verbose", count=True, help="More output: -v state changes, -vv debug.")
-@click.option("-q", "--quiet", count=True, help="Errors only.")
+@click.option(
+    "--wait-timeout",
+    envvar=_env("wait-timeout"),
+    help="Wait at most this long to be elected, else exit with --skip-exit-code.",
+)
+@click.option(
+    "--skip-exit-code",
+    envvar=_env("skip-exit-code"),
+    type=click.IntRange(0, 255),
+    default=0,
+    show_default=True,
+    help="Exit code when not elected or skipped.",
+)
+@click.option(
+    "--once-per",
+    envvar=_env("once-per"),
+    help="Skip if a successful run of this election started less than this ago.",
+)
+@click.option(
+    "--forever",
+    is_flag=True,
+    envvar=_env("forever"),
+    help="Daemon mode: campaign again after every term; exit 0 on SIGTERM.",
+)
+@click.option(
+    "--restart-delay",
+    envvar=_env("restart-delay"),
+    default="1s",
+    show_default=True,
+    help="Pause before campaigning again under --forever.",
+)
+@click.option(
+    "--metrics-addr", envvar=_env("metrics-addr"), help="Serve Prometheus metrics on HOST:PORT."
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(command: tuple[str, ...], **options: Any) -> None:
+def run(command: tuple[str, ...], **options: Any) -> None:  # fmt: skip
     """Campaign in the election and run COMMAND only while leader."""
-    settings = settings_from_options(command, options)
-    setup_logging(settings.verbosity)
+    settings = settings_for_run(command, options)
+    setup_logging(
+        settings.verbosity,
+        settings.log_format,
+        election=settings.election,
+        identity=settings.identity,
+    )
     from leaderrun.guard import run_guarded
 
     sys.exit(run_guarded(settings))
 
 
-def settings_from_options(command: tuple[str, ...], options: dict[str, Any]) -> Settings:
-    ttl = parse_duration(options["ttl"], "--ttl")
+@cli.command()
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema 1).")
+@click.argument("election", required=False)
+def status(election: str | None, as_json: bool, **options: Any) -> None:
+    """Who leads ELECTION (or every election under the prefix), and who waits."""
+    settings = settings_for_operator(election or "", options)
+    from leaderrun.operate import show_status
+
+    sys.exit(show_status(settings, election, as_json))
+
+
+@cli.command("step-down")
+@common_options
+@click.option("--wait", is_flag=True, help="Block until another candidate leads.")
+@click.option("--timeout", default="30s", show_default=True, help="How long --wait waits.")
+@click.argument("election")
+def step_down(election: str, wait: bool, timeout: str, **options: Any) -> None:
+    """Ask the current leader of ELECTION to hand over (deletes its key)."""
+    settings = settings_for_operator(election, options)
+    from leaderrun.operate import step_down as do_step_down
+
+    sys.exit(
+        do_step_down(settings, election, parse_duration(timeout, "--timeout") if wait else None)
+    )
+
+
+def settings_for_run(command: tuple[str, ...], options: dict[str, Any]) -> Settings:
     timing = build_timing(
-        ttl=ttl,
+        ttl=parse_duration(options["ttl"], "--ttl"),
         kill_grace=parse_duration(options["kill_grace"], "--kill-grace"),
-        renew_interval=(
-            parse_duration(options["renew_interval"], "--renew-interval")
-            if options["renew_interval"]
-            else None
-        ),
+        renew_interval=_optional_duration(options, "renew_interval"),
     )
     election = options["election"]
     if election is None:
         election = validate_election_name(os.path.basename(command[0]), derived_from_command=True)
     else:
         election = validate_election_name(election)
+    if options["no_wait"] and options["wait_timeout"]:
+        raise UsageError("--no-wait and --wait-timeout exclude each other; keep one")
+    if options["forever"] and (
+        options["no_wait"] or options["wait_timeout"] or options["once_per"]
+    ):
+        raise UsageError("--forever waits for ever; drop --no-wait/--wait-timeout/--once-per")
     return Settings(
-        backend=parse_backend_url(options["backend"]),
+        **_store_settings(options),
         election=election,
-        prefix=validate_prefix(options["prefix"]),
         identity=validate_identity(options["identity"] or default_identity()),
         timing=timing,
-        connect_timeout=parse_duration(options["connect_timeout"], "--connect-timeout"),
         command=command,
-        verbosity=verbosity(options["verbose"], options["quiet"]),
+        no_wait=bool(options["no_wait"]),
+        wait_timeout=_optional_duration(options, "wait_timeout"),
+        skip_exit_code=int(options["skip_exit_code"]),
+        once_per=_optional_duration(options, "once_per"),
+        forever=bool(options["forever"]),
+        restart_delay=parse_duration(options["restart_delay"], "--restart-delay"),
+        metrics_addr=options["metrics_addr"],
     )
 
 
+def settings_for_operator(election: str, options: dict[str, Any]) -> Settings:
+    if election:
+        validate_election_name(election)
+    settings = Settings(
+        **_store_settings(options),
+        election=election,
+        identity=default_identity(),
+        timing=Timing(ttl=10.0, kill_grace=3.0, renew_interval=2.5),
+    )
+    setup_logging(settings.verbosity, settings.log_format)
+    return settings
+
+
+def _store_settings(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "backend": parse_backend_url(options["backend"]),
+        "prefix": validate_prefix(options["prefix"]),
+        "connect_timeout": parse_duration(options["connect_timeout"], "--connect-timeout"),
+        "verbosity": verbosity(options["verbose"], options["quiet"]),
+        "log_format": options["log_format"],
+    }
+
+
+def _optional_duration(options: dict[str, Any], name: str) -> float | None:
+    value = options[name]
+    return parse_duration(str(value), "--" + name.replace("_", "-")) if value else None
+
+
 def verbosity(verbose: int, quiet: int) -> int:
-    if verbose or quiet:
-        return verbose - quiet
-    raw = os.environ.get(_env("VERBOSE"), "0").strip() or "0"
+    """-v/-q on the command line, else LEADERRUN_VERBOSE (a count), else the config file."""
+    ctx = click.get_current_context()
+    from_flags = any(
+        ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        for name in ("verbose", "quiet")
+    )
+    raw = os.environ.get(_env("verbose"), "").strip()
+    if from_flags or not raw:
+        return int(verbose) - int(quiet)
     try:
         return int(raw)
     except ValueError:

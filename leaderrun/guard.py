@@ -20,6 +20,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from leaderrun import process
 from leaderrun.errors import ExitCode, LeaderrunError, signal_exit_code
 from leaderrun.settings import Settings
-from leaderrun.supervisor import FORWARDED_SIGNALS, Supervisor
+from leaderrun.supervisor import FORWARDED_SIGNALS, STOP_SIGNALS, Supervisor
 
 log = logging.getLogger("leaderrun")
 
@@ -51,6 +52,8 @@ def run_guarded(settings: Settings) -> int:
 
 def _forwarder(worker: int) -> Callable[[int, object], None]:
     def forward(signum: int, frame: object) -> None:
+        if signum in STOP_SIGNALS:
+            sd_notify("STOPPING=1")
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker, signum)
 
@@ -92,10 +95,29 @@ def _worker_died(settings: Settings, signum: int, reports: WorkerReports) -> int
     return ExitCode.LOST if reports.child_started else signal_exit_code(signum)
 
 
+def sd_notify(message: str) -> None:
+    """Send one sd_notify datagram to systemd when it asked for them (`Type=notify`).
+
+    Only the unit's main pid may notify under systemd's default `NotifyAccess=main`, which is
+    why the worker reports its state changes here instead of notifying itself.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError as exc:
+        log.debug("sd_notify to %s failed: %s", address, exc)
+
+
 class WorkerReports:
     """What the worker told us: its lease/session handle, whether a child ran, release."""
 
     def __init__(self) -> None:
+        self.ready_sent = False
         self.buffer = b""
         self.handle: dict[str, Any] | None = None
         self.child_started = False
@@ -112,6 +134,15 @@ class WorkerReports:
                 self.child_started = True
             elif event["event"] == "released":
                 self.released = True
+            elif event["event"] == "notify":
+                self._notify(str(event["status"]), bool(event["ready"]))
+
+    def _notify(self, status: str, ready: bool) -> None:
+        message = f"STATUS={status}"
+        if ready and not self.ready_sent:
+            self.ready_sent = True
+            message = f"READY=1\n{message}"
+        sd_notify(message)
 
 
 def _worker_main(settings: Settings, life_r: int, info_w: int) -> int:
@@ -119,7 +150,9 @@ def _worker_main(settings: Settings, life_r: int, info_w: int) -> int:
     os.setpgid(0, 0)
 
     def report(event: dict[str, object]) -> None:
-        os.write(info_w, json.dumps(event).encode() + b"\n")
+        # The guard may be gone (SIGKILLed): the worker must still clean up and release.
+        with contextlib.suppress(BrokenPipeError):
+            os.write(info_w, json.dumps(event).encode() + b"\n")
 
     try:
         return Supervisor(settings, report=report, parent_gone_fd=life_r).run()

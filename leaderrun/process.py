@@ -124,9 +124,9 @@ def reap_zombies(keep: int | None = None) -> None:
 
 def signal_all(child: Child | None, signum: int) -> int:
     """Send `signum` to the child's process group and to every descendant; count targets."""
+    targets = live_descendants(_pid_of(child))
     if child is not None and child.exit_status() is None:
         child.send_signal(signum)
-    targets = live_descendants(_pid_of(child))
     for proc in targets:
         try:
             proc.send_signal(signum)

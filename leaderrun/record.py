@@ -18,15 +18,23 @@ from leaderrun import __version__
 SCHEMA_VERSION = 1
 
 
-def candidate_value(identity: str, command: str, leaderrun_pid: int | None = None) -> bytes:
+def candidate_value(
+    identity: str,
+    command: str,
+    leaderrun_pid: int | None = None,
+    queued: float | None = None,
+    **leading: Any,
+) -> bytes:
+    """Our value in the queue; once leading, `leader_since` and `child_pid` are added."""
     document = {
         "v": SCHEMA_VERSION,
         "id": identity,
         "host": socket.gethostname(),
         "pid": leaderrun_pid if leaderrun_pid is not None else os.getpid(),
-        "started": time.time(),
+        "queued": queued if queued is not None else time.time(),
         "leaderrun": __version__,
         "command": os.path.basename(command),
+        **leading,
     }
     return json.dumps(document, separators=(",", ":")).encode()
 

@@ -11,7 +11,7 @@ import math
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from leaderrun.errors import UsageError
@@ -194,7 +194,14 @@ class Settings:
     connect_timeout: float
     command: tuple[str, ...] = ()
     verbosity: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
+    log_format: str = "text"
+    no_wait: bool = False
+    wait_timeout: float | None = None
+    skip_exit_code: int = 0
+    once_per: float | None = None
+    forever: bool = False
+    restart_delay: float = 1.0
+    metrics_addr: str | None = None
 
     @property
     def election_path(self) -> str:

@@ -1,6 +1,8 @@
 """The supervision state machine of `run`: campaign, run the child, stop it in time, release.
 
     CONNECTING -> CAMPAIGNING -> LEADING (child runs) -> STOPPING -> RELEASED -> exit
+                      ^                                                  |
+                      +------------------ --forever ---------------------+
 
 Safety lives here and only here. While the child runs, the loop wakes for whichever comes
 first: the child exits, a signal arrives, the backend reports leadership lost, or the moment
@@ -11,20 +13,24 @@ has said anything, so no process of it is alive when the server could expire the
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import random
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from leaderrun import process
+from leaderrun import metrics, process
 from leaderrun.backends import Backend, Candidate, Leadership, backend_class
-from leaderrun.errors import ExitCode, LeaderrunError, signal_exit_code
-from leaderrun.record import candidate_value
+from leaderrun.errors import BackendUnreachable, ExitCode, LeaderrunError, signal_exit_code
+from leaderrun.log import event
+from leaderrun.record import candidate_value, parse_value
 from leaderrun.settings import Settings, Timing
 
 log = logging.getLogger("leaderrun")
@@ -39,6 +45,7 @@ FORWARDED_SIGNALS = (
 )
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HIDDEN_ENV = ("NOTIFY_SOCKET", "LEADERRUN_PASSWORD")
+BACKOFF_MAX = 30.0
 
 
 @dataclass
@@ -60,13 +67,19 @@ class Signals:
             os.write(self.write_fd, b"!")
 
     def drain(self) -> list[int]:
-        try:
+        with contextlib.suppress(BlockingIOError):
             while os.read(self.read_fd, 512):
                 pass
-        except BlockingIOError:
-            pass
         taken, self.pending[:] = list(self.pending), []
         return taken
+
+
+class Stop(Exception):
+    """A stop signal (or the guard's death) ends `--forever` and everything else."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class Supervisor:
@@ -85,39 +98,99 @@ class Supervisor:
         self.cancel = threading.Event()
         self.lost_wake_r, self.lost_wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.stop_signal: int | None = None
-        self.backend: Backend | None = None
+        self.skipped = False
+        self.command_path = ""
+        self.elected_at = 0.0
+        self.queued_at = 0.0
+        self.backend: Backend
 
     # -- entry point --------------------------------------------------------------------------
 
     def run(self) -> int:
         self.signals.install()
         process.become_subreaper()
-        command_path = process.resolve_command(self.settings.command)
+        if self.settings.metrics_addr:
+            metrics.serve(self.settings.metrics_addr)
+        self.command_path = process.resolve_command(self.settings.command)
         backend = backend_class(self.settings.backend.scheme)(self.settings)
-        self.backend = backend
         backend.on_waiting = self._on_waiting
+        self.backend = backend
         try:
-            log.info("connecting to %s", self.settings.backend)
-            backend.connect()
-            leadership = self._campaign(backend)
-            if leadership is None:
-                return self._exit_while_waiting()
-            return self._lead(backend, leadership, command_path)
+            if self.settings.forever:
+                return self._run_forever(backend)
+            return self._run_once(backend)
+        except Stop as stop:
+            return self._stop_exit_code(stop.signum)
         finally:
             backend.close()
 
-    # -- CAMPAIGNING --------------------------------------------------------------------------
+    def _run_once(self, backend: Backend) -> int:
+        self._connect(backend)
+        leadership = self._campaign(backend)
+        if leadership is None:
+            if self.skipped:
+                return self.settings.skip_exit_code
+            raise Stop(self.stop_signal or signal.SIGTERM)
+        return self._term(backend, leadership)
+
+    def _run_forever(self, backend: Backend) -> int:
+        """Daemon mode: campaign again after every term; only a stop signal ends it."""
+        failures = 0
+        while True:
+            try:
+                self._connect(backend)
+                failures = 0
+                leadership = self._campaign(backend)
+                if leadership is None:
+                    raise Stop(self.stop_signal or signal.SIGTERM)
+                self._term(backend, leadership)
+                if self.stop_signal is not None:
+                    raise Stop(self.stop_signal)
+                delay = self.settings.restart_delay
+            except BackendUnreachable as exc:
+                failures += 1
+                delay = min(BACKOFF_MAX, self.settings.restart_delay * 2**failures)
+                delay *= random.uniform(0.5, 1.0)
+                log.warning("%s; retrying in %.1fs", exc.message, delay, extra=event("unreachable"))
+                self._notify("backend unreachable")
+            self._pause(delay)
+
+    def _stop_exit_code(self, signum: int) -> int:
+        if self.settings.forever and signum == signal.SIGTERM:
+            return ExitCode.OK
+        return signal_exit_code(signum)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait between terms, but answer a stop signal at once."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select(self._wake_fds(), [], [], remaining)
+            self._check_stop_while_idle(readable)
+
+    # -- CONNECTING / CAMPAIGNING -------------------------------------------------------------
+
+    def _connect(self, backend: Backend) -> None:
+        log.debug("connecting to %s", self.settings.backend, extra=event("connecting"))
+        backend.connect()
 
     def _campaign(self, backend: Backend) -> Leadership | None:
+        """Queue up and wait to be elected; None if a signal, --no-wait or --wait-timeout
+        ended the wait (the candidacy is then withdrawn)."""
+        self.cancel = threading.Event()
+        self.skipped = False
         log.info(
-            "campaigning in election %s as %s", self.settings.election_path, self.settings.identity
+            "campaigning in %s as %s",
+            self.settings.election_path,
+            self.settings.identity,
+            extra=event("campaigning"),
         )
+        self._notify("campaigning", ready=True)
+        metrics.IS_LEADER.labels(self.settings.election).set(0)
+        self.queued_at = time.time()
         value = candidate_value(
-            self.settings.identity, self.settings.command[0], self._leaderrun_pid()
+            self.settings.identity, self.settings.command[0], self._leaderrun_pid(), self.queued_at
         )
-        watcher = threading.Thread(
-            target=self._watch_while_waiting, name="wait-signals", daemon=True
-        )
+        watcher = threading.Thread(target=self._watch_while_waiting, name="waiting", daemon=True)
         watcher.start()
         try:
             leadership = backend.campaign(value, self.cancel)
@@ -127,84 +200,141 @@ class Supervisor:
         handle = backend.release_handle()
         if handle is not None:
             self.report({"event": "lease", "handle": dict(handle)})
-        if leadership is not None and self.stop_signal is not None:
+        if leadership is None or self.stop_signal is not None:
             backend.resign()
+            self.report({"event": "released"})
+            if self.skipped:
+                log.info("not elected; skipping", extra=event("skipped"))
             return None
         return leadership
 
     def _watch_while_waiting(self) -> None:
         """While waiting, SIGTERM/SIGINT withdraw the candidacy; other signals are ignored."""
-        fds = [self.signals.read_fd] + (
-            [self.parent_gone_fd] if self.parent_gone_fd is not None else []
+        give_up_at = (
+            time.monotonic() + self.settings.wait_timeout
+            if self.settings.wait_timeout is not None
+            else None
         )
         while not self.cancel.is_set():
-            readable, _, _ = select.select(fds, [], [], 0.2)
-            if self.parent_gone_fd in readable:
-                self.stop_signal = signal.SIGKILL
+            timeout = (
+                0.2 if give_up_at is None else max(0.0, min(0.2, give_up_at - time.monotonic()))
+            )
+            readable, _, _ = select.select(self._wake_fds(), [], [], timeout)
+            try:
+                self._check_stop_while_idle(readable)
+            except Stop as stop:
+                self.stop_signal = stop.signum
                 self.cancel.set()
                 return
-            for signum in self.signals.drain():
-                if signum in STOP_SIGNALS:
-                    log.info("received %s while waiting; withdrawing", signal.Signals(signum).name)
-                    self.stop_signal = signum
-                    self.cancel.set()
-                    return
-                log.debug("ignoring %s while waiting", signal.Signals(signum).name)
+            if give_up_at is not None and time.monotonic() >= give_up_at:
+                log.info("not elected within --wait-timeout", extra=event("wait_timeout"))
+                self.skipped = True
+                self.cancel.set()
 
-    def _exit_while_waiting(self) -> int:
-        assert self.backend is not None
-        self.backend.resign()
-        self.report({"event": "released"})
-        signum = self.stop_signal or signal.SIGTERM
-        return signal_exit_code(signum)
+    def _check_stop_while_idle(self, readable: list[int]) -> None:
+        if self.parent_gone_fd is not None and self.parent_gone_fd in readable:
+            raise Stop(signal.SIGKILL)
+        for signum in self.signals.drain():
+            if signum in STOP_SIGNALS:
+                log.info(
+                    "received %s; withdrawing", signal.Signals(signum).name, extra=event("signal")
+                )
+                raise Stop(signum)
+            log.debug("ignoring %s while not leading", signal.Signals(signum).name)
 
     def _on_waiting(self, ahead: Candidate) -> None:
-        log.info("waiting behind %s (token %d)", ahead.identity, ahead.token)
+        if self.settings.no_wait:
+            self.skipped = True
+            self.cancel.set()
+            return
+        log.info(
+            "waiting behind %s (token %d)", ahead.identity, ahead.token, extra=event("waiting")
+        )
+        self._notify(f"waiting behind {ahead.identity}")
 
     # -- LEADING ------------------------------------------------------------------------------
 
-    def _lead(self, backend: Backend, leadership: Leadership, command_path: str) -> int:
+    def _term(self, backend: Backend, leadership: Leadership) -> int:
+        """One term as leader: maybe skip (--once-per), run the child, record, release."""
+        self.elected_at = time.time()
+        metrics.IS_LEADER.labels(self.settings.election).set(1)
+        metrics.TERMS.labels(self.settings.election).inc()
         log.info(
             "elected leader of %s with fencing token %d",
             self.settings.election_path,
             leadership.token,
+            extra=event("elected", token=leadership.token),
         )
         self.report({"event": "lease", "handle": dict(backend.release_handle() or {})})
         try:
-            child = process.spawn(
-                [command_path, *self.settings.command[1:]], self._child_env(leadership)
-            )
-        except LeaderrunError:
+            if self._ran_recently(backend):
+                self.skipped = True
+                return self.settings.skip_exit_code
+            started = time.time()
+            status = self._run_child(leadership)
+            if status == 0 and self.settings.once_per is not None:
+                self._record_run(backend, leadership, started)
+            return status
+        finally:
             self._release(backend)
-            raise
-        self.report({"event": "child", "pid": child.pid})
-        log.info("started child pid %d: %s", child.pid, self.settings.command[0])
-        watch_lost = threading.Thread(
-            target=self._wake_on_lost, args=(leadership,), name="lost-wake", daemon=True
+
+    def _run_child(self, leadership: Leadership) -> int:
+        child = process.spawn(
+            [self.command_path, *self.settings.command[1:]], self._child_env(leadership)
         )
-        watch_lost.start()
-        outcome = self._supervise(child, leadership)
-        self._release(backend)
-        return outcome
+        self.report({"event": "child", "pid": child.pid})
+        metrics.CHILD_STARTS.labels(self.settings.election).inc()
+        log.info(
+            "started child pid %d: %s",
+            child.pid,
+            self.settings.command[0],
+            extra=event("child_started", pid=child.pid, token=leadership.token),
+        )
+        self._notify(f"leader, child pid {child.pid}, token {leadership.token}")
+        self._announce(leadership, child.pid)
+        threading.Thread(
+            target=self._wake_on_lost, args=(leadership,), name="lost-wake", daemon=True
+        ).start()
+        status = self._supervise(child, leadership)
+        metrics.CHILD_EXITS.labels(self.settings.election, str(status)).inc()
+        return status
+
+    def _announce(self, leadership: Leadership, child_pid: int) -> None:
+        """Show operators (`status`) the child's pid and since when we lead."""
+        value = candidate_value(
+            self.settings.identity,
+            self.settings.command[0],
+            self._leaderrun_pid(),
+            self.queued_at,
+            leader_since=self.elected_at,
+            child_pid=child_pid,
+        )
+        try:
+            self.backend.announce(leadership, value)
+        except Exception as exc:  # cosmetic: the child runs regardless
+            log.debug("could not update our value for status: %s", exc)
 
     def _wake_on_lost(self, leadership: Leadership) -> None:
         leadership.lost.wait()
-        os.write(self.lost_wake_w, b"!")
+        with contextlib.suppress(OSError):
+            os.write(self.lost_wake_w, b"!")
 
     def _supervise(self, child: process.Child, leadership: Leadership) -> int:
         """The LEADING loop. Returns the exit code once every process of the child is gone."""
         timing = self._timing(leadership)
         pidfd = os.pidfd_open(child.pid)
-        fds = [pidfd, self.signals.read_fd, self.lost_wake_r]
-        if self.parent_gone_fd is not None:
-            fds.append(self.parent_gone_fd)
         stop_requested_at: float | None = None
         try:
             while True:
                 status = child.exit_status()
                 if status is not None:
-                    log.info("child pid %d exited with status %d", child.pid, status)
-                    self._stop_leftovers(child, leadership)
+                    log.info(
+                        "child pid %d exited with status %d",
+                        child.pid,
+                        status,
+                        extra=event("child_exited", pid=child.pid, status=status),
+                    )
+                    self._stop_leftovers(leadership)
                     return status
                 if leadership.lost.is_set():
                     return self._stop_lost(child, leadership, leadership.lost_reason)
@@ -218,18 +348,23 @@ class Supervisor:
                         child.pid,
                         timing.kill_grace,
                         signal.Signals(self.stop_signal or signal.SIGTERM).name,
+                        extra=event("child_killed", pid=child.pid),
                     )
                     process.stop_everything(child, grace=0.0)
                     continue
                 timeout = stop_at - now
                 if stop_requested_at is not None:
                     timeout = min(timeout, stop_requested_at + timing.kill_grace - now)
+                fds = [pidfd, self.lost_wake_r, *self._wake_fds()]
                 readable, _, _ = select.select(fds, [], [], max(0.0, timeout))
                 if self.parent_gone_fd is not None and self.parent_gone_fd in readable:
                     return self._parent_died(child)
                 for signum in self.signals.drain():
                     log.info(
-                        "forwarding %s to child pid %d", signal.Signals(signum).name, child.pid
+                        "forwarding %s to child pid %d",
+                        signal.Signals(signum).name,
+                        child.pid,
+                        extra=event("signal", pid=child.pid),
                     )
                     child.send_signal(signum)
                     if signum in STOP_SIGNALS and stop_requested_at is None:
@@ -238,7 +373,7 @@ class Supervisor:
         finally:
             os.close(pidfd)
 
-    def _stop_leftovers(self, child: process.Child, leadership: Leadership) -> None:
+    def _stop_leftovers(self, leadership: Leadership) -> None:
         """The child exited: stop what it left behind before anyone else may lead."""
         leftovers = process.live_descendants()
         if not leftovers:
@@ -247,18 +382,28 @@ class Supervisor:
             "child left %d process(es) running (%s); stopping them before releasing",
             len(leftovers),
             ", ".join(f"pid {p.pid}" for p in leftovers[:5]),
+            extra=event("leftovers", count=len(leftovers)),
         )
         timing = self._timing(leadership)
         kill_by = timing.kill_by(leadership.clock.deadline())
         process.stop_everything(None, timing.kill_grace, kill_by=kill_by)
 
     def _stop_lost(self, child: process.Child, leadership: Leadership, reason: str) -> int:
-        log.warning("leadership lost: %s; stopping child pid %d", reason, child.pid)
-        timing = self._timing(leadership)
-        kill_by = timing.kill_by(leadership.clock.deadline())
-        process.stop_everything(child, timing.kill_grace, kill_by=kill_by)
         log.warning(
-            "child pid %d stopped after losing leadership (exit %d)", child.pid, ExitCode.LOST
+            "leadership lost: %s; stopping child pid %d",
+            reason,
+            child.pid,
+            extra=event("lost", pid=child.pid, token=leadership.token),
+        )
+        timing = self._timing(leadership)
+        process.stop_everything(
+            child, timing.kill_grace, kill_by=timing.kill_by(leadership.clock.deadline())
+        )
+        log.warning(
+            "child pid %d stopped after losing leadership (exit %d)",
+            child.pid,
+            ExitCode.LOST,
+            extra=event("child_stopped", pid=child.pid),
         )
         return ExitCode.LOST
 
@@ -270,30 +415,87 @@ class Supervisor:
             leadership.clock.since_ack(),
             child.pid,
             deadline - time.monotonic(),
+            extra=event("at_risk", pid=child.pid, token=leadership.token),
         )
         process.stop_everything(child, timing.kill_grace, kill_by=timing.kill_by(deadline))
-        dead_at = time.monotonic()
+        margin = deadline - time.monotonic()
         log.warning(
             "child pid %d stopped %.2fs before the lease deadline (exit %d)",
             child.pid,
-            deadline - dead_at,
+            margin,
             ExitCode.LOST,
+            extra=event("child_stopped", pid=child.pid, margin=round(margin, 3)),
         )
         leadership.lose("lease at risk")
         return ExitCode.LOST
 
     def _parent_died(self, child: process.Child) -> int:
         """Our guard process was killed: nothing may outlive it, so kill, then release."""
-        log.warning("leaderrun's main process died; killing child pid %d and releasing", child.pid)
+        log.warning(
+            "leaderrun's main process died; killing child pid %d and releasing",
+            child.pid,
+            extra=event("guard_died", pid=child.pid),
+        )
         process.stop_everything(child, grace=0.0)
+        self.stop_signal = signal.SIGKILL
         return signal_exit_code(signal.SIGKILL)
 
     def _release(self, backend: Backend) -> None:
+        metrics.IS_LEADER.labels(self.settings.election).set(0)
         backend.resign()
         self.report({"event": "released"})
-        log.info("released leadership of %s", self.settings.election_path)
+        log.info("released leadership of %s", self.settings.election_path, extra=event("released"))
+
+    # -- --once-per ---------------------------------------------------------------------------
+
+    def _ran_recently(self, backend: Backend) -> bool:
+        """True when a successful run of this election started less than --once-per ago."""
+        if self.settings.once_per is None:
+            return False
+        raw = backend.last_run()
+        document = parse_value(raw) if raw is not None else None
+        if raw is not None and document is None:
+            log.warning("ignoring a last-run record that leaderrun did not write: %r", raw[:60])
+        if document is None or not isinstance(document.get("start"), int | float):
+            return False
+        age = time.time() - float(document["start"])
+        if age >= self.settings.once_per:
+            return False
+        log.info(
+            "skipping: %s started a successful run %.0fs ago (--once-per %gs)",
+            document["id"],
+            age,
+            self.settings.once_per,
+            extra=event("skipped", last_run_by=document["id"]),
+        )
+        return True
+
+    def _record_run(self, backend: Backend, leadership: Leadership, started: float) -> None:
+        record = {
+            "v": 1,
+            "id": self.settings.identity,
+            "host": socket.gethostname(),
+            "token": leadership.token,
+            "start": started,
+            "end": time.time(),
+        }
+        if not backend.record_run(leadership, json.dumps(record).encode()):
+            log.warning(
+                "could not record the successful run: leadership was lost before it was written",
+                extra=event("record_failed"),
+            )
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _wake_fds(self) -> list[int]:
+        fds = [self.signals.read_fd]
+        if self.parent_gone_fd is not None:
+            fds.append(self.parent_gone_fd)
+        return fds
+
+    def _notify(self, status: str, ready: bool = False) -> None:
+        """Tell the guard, which alone may speak to systemd (it is the unit's main pid)."""
+        self.report({"event": "notify", "status": status, "ready": ready})
 
     def _timing(self, leadership: Leadership) -> Timing:
         """The timing rule applies to the TTL the server granted, not the one we asked for."""
@@ -312,3 +514,6 @@ class Supervisor:
 
     def _leaderrun_pid(self) -> int:
         return os.getppid() if self.parent_gone_fd is not None else os.getpid()
+
+
+__all__ = ["FORWARDED_SIGNALS", "LeaderrunError", "Supervisor"]

@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
@@ -42,6 +41,8 @@ _GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"
 _SUPPORTED_GOARCH = {"amd64", "ppc64le"}
 
 _PR_SET_PDEATHSIG = 1
+# Loopback health checks must never go through an http_proxy from the environment.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _handed_out_ports: set[int] = set()
 _live: set[subprocess.Popen[bytes]] = set()
 
@@ -107,7 +108,11 @@ except (OSError, AttributeError):
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it if the test process dies."""
+    """Runs in the child before exec: SIGKILL it if the test process dies.
+
+    The kernel sends it when the *thread* that forked exits, so start servers from the main
+    thread (as fixtures do), not from a short-lived worker thread.
+    """
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
@@ -250,7 +255,7 @@ class EtcdMember:
     def health(self, timeout: float = 2.0) -> bool:
         """True when this member answers ``/health`` positively (it sees a raft leader)."""
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout) as resp:
+            with _NO_PROXY.open(f"{self.client_url}/health", timeout=timeout) as resp:
                 body = json.loads(resp.read())
         except (OSError, ValueError):
             return False

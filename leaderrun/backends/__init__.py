@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+from leaderrun import metrics
 from leaderrun.errors import UsageError
 from leaderrun.settings import Settings
 
@@ -33,9 +34,12 @@ class LeaseClock:
 
     ttl: float
     last_ack: float = field(default_factory=time.monotonic)
+    election: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def acked(self, sent_at: float, ttl: float) -> None:
+        """The server answered a renewal sent at `sent_at` (monotonic), granting `ttl`."""
+        metrics.renewed(self.election, sent_at)
         with self._lock:
             if sent_at > self.last_ack:
                 self.last_ack = sent_at
@@ -144,6 +148,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Drop the connection; does not release anything by itself."""
+
+    def announce(self, leadership: Leadership, value: bytes) -> None:  # noqa: B027
+        """Replace our candidate value while leading (to show the child's pid and since when
+        we lead), without changing the fencing token. Optional: a backend may ignore it."""
 
     # -- the last-successful-run record (`--once-per`) -------------------------------------------
 

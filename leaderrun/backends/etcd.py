@@ -27,6 +27,7 @@ import grpc
 import pyetcd
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
+from leaderrun import metrics
 from leaderrun.backends import Backend, Candidate, ElectionView, Leadership, LeaseClock
 from leaderrun.errors import BackendRefused, BackendUnreachable
 from leaderrun.settings import Settings
@@ -147,7 +148,7 @@ class EtcdBackend(Backend):
             log.info("etcd granted a TTL of %gs (asked %ds)", granted, requested)
         self.lease_id = lease.id
         self.lease_gone = threading.Event()
-        self.clock = LeaseClock(ttl=granted, last_ack=sent)
+        self.clock = LeaseClock(ttl=granted, last_ack=sent, election=self.settings.election)
         self._start_thread(f"keepalive-{lease.id:x}", self._keepalive_loop, lease.id, self.clock)
 
     def _keepalive_loop(self, lease_id: int, clock: LeaseClock) -> None:
@@ -159,6 +160,7 @@ class EtcdBackend(Backend):
                 responses = list(self.client.refresh_lease(lease_id))
                 ttl = responses[0].TTL if responses else 0
             except TRANSIENT_ERRORS as exc:
+                metrics.backend_error(self.settings.election)
                 if failing_since is None:
                     failing_since = sent
                     log.debug("lease keep-alive failed: %s", describe(exc))
@@ -325,6 +327,17 @@ class EtcdBackend(Backend):
                     time.sleep(RETRY_INTERVAL)
         finally:
             client.close()
+
+    def announce(self, leadership: Leadership, value: bytes) -> None:
+        txn = self.client.transactions
+        self._retry(
+            lambda: self.client.transaction(
+                compare=[txn.create(leadership.key) == leadership.token],
+                success=[txn.put(leadership.key, value, lease=self.lease_id)],
+                failure=[],
+            ),
+            attempts=3,
+        )
 
     # -- last-run record ------------------------------------------------------------------------
 

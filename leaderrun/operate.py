@@ -1,0 +1,207 @@
+"""The operator's commands: `status` (who leads, since when, who is next) and `step-down`.
+
+`status --json` has a versioned schema (documented in the README, `schema: 1`). Values that
+leaderrun did not write, or wrote in another format, are shown as foreign, never a crash: a
+leader whose value is foreign is still a leader.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from leaderrun.backends import Backend, Candidate, ElectionView, backend_class
+from leaderrun.errors import ExitCode
+from leaderrun.record import parse_value
+from leaderrun.settings import Settings
+
+SCHEMA_VERSION = 1
+RAW_PREVIEW = 200
+
+
+def connect(settings: Settings) -> Backend:
+    backend = backend_class(settings.backend.scheme)(settings)
+    backend.connect()
+    return backend
+
+
+# -- the JSON document (also what the text output is built from) ---------------------------------
+
+
+def iso(timestamp: Any) -> str | None:
+    if not isinstance(timestamp, int | float):
+        return None
+    return datetime.fromtimestamp(float(timestamp)).astimezone().isoformat(timespec="seconds")
+
+
+def raw_preview(value: bytes) -> str:
+    return value[:RAW_PREVIEW].decode("utf-8", "backslashreplace") + (
+        "..." if len(value) > RAW_PREVIEW else ""
+    )
+
+
+def describe_candidate(candidate: Candidate) -> dict[str, Any]:
+    document = parse_value(candidate.value)
+    described: dict[str, Any] = {"token": candidate.token, "key": candidate.key}
+    if document is None:
+        described.update(id=None, foreign=True, raw=raw_preview(candidate.value))
+    else:
+        described.update(
+            id=document["id"],
+            foreign=False,
+            host=document.get("host"),
+            pid=document.get("pid"),
+            child_pid=document.get("child_pid"),
+            command=document.get("command"),
+            queued=iso(document.get("queued")),
+            leader_since=iso(document.get("leader_since")),
+        )
+    if candidate.ttl_left is not None:
+        described["lease_ttl_left"] = candidate.ttl_left
+    return described
+
+
+def describe_last_run(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    document = parse_value(raw)
+    if document is None:
+        return {"foreign": True, "raw": raw_preview(raw)}
+    return {
+        "foreign": False,
+        "id": document["id"],
+        "host": document.get("host"),
+        "token": document.get("token"),
+        "start": iso(document.get("start")),
+        "end": iso(document.get("end")),
+    }
+
+
+def describe_election(view: ElectionView) -> dict[str, Any]:
+    candidates = [describe_candidate(c) for c in view.candidates]
+    return {
+        "name": view.name,
+        "leader": candidates[0] if candidates else None,
+        "waiting": candidates[1:],
+        "last_run": describe_last_run(view.last_run),
+    }
+
+
+# -- status ----------------------------------------------------------------------------------------
+
+
+def show_status(settings: Settings, election: str | None, as_json: bool) -> int:
+    """Exit 0 when every election shown has a leader, 3 otherwise (69/77 raised earlier)."""
+    backend = connect(settings)
+    try:
+        names = [election] if election else backend.elections()
+        elections = [describe_election(backend.view(name)) for name in names]
+    finally:
+        backend.close()
+    document = {
+        "schema": SCHEMA_VERSION,
+        "backend": str(settings.backend),
+        "prefix": settings.prefix,
+        "elections": elections,
+    }
+    if as_json:
+        print(json.dumps(document, indent=2))
+    elif sys.stdout.isatty():
+        print_table(document)
+    else:
+        print_plain(document)
+    has_all = bool(elections) and all(e["leader"] is not None for e in elections)
+    return ExitCode.OK if has_all else ExitCode.NO_LEADER
+
+
+def who(candidate: dict[str, Any]) -> str:
+    if candidate["foreign"]:
+        return f"<foreign value {candidate['raw'][:40]!r}>"
+    where = [f"host {candidate['host']}"] if candidate.get("host") else []
+    if candidate.get("pid"):
+        where.append(f"pid {candidate['pid']}")
+    if candidate.get("child_pid"):
+        where.append(f"child pid {candidate['child_pid']}")
+    return f"{candidate['id']} ({', '.join(where)})" if where else str(candidate["id"])
+
+
+def leader_line(leader: dict[str, Any] | None) -> str:
+    if leader is None:
+        return "no leader"
+    parts = [who(leader), f"token {leader['token']}"]
+    if leader.get("leader_since"):
+        parts.append(f"since {leader['leader_since']}")
+    if leader.get("lease_ttl_left") is not None:
+        parts.append(f"lease {leader['lease_ttl_left']}s left")
+    return ", ".join(parts)
+
+
+def last_run_line(last_run: dict[str, Any] | None) -> str:
+    if last_run is None:
+        return "-"
+    if last_run["foreign"]:
+        return f"<foreign record {last_run['raw'][:40]!r}>"
+    return f"{last_run['id']} started {last_run['start']}, ended {last_run['end']}"
+
+
+def print_plain(document: dict[str, Any]) -> None:
+    if not document["elections"]:
+        print(f"no elections under {document['prefix']}")
+    for election in document["elections"]:
+        print(f"{election['name']}: {leader_line(election['leader'])}")
+        for n, waiter in enumerate(election["waiting"], start=1):
+            print(f"  waiting {n}: {who(waiter)}, token {waiter['token']}")
+        if election["last_run"] is not None:
+            print(f"  last successful run: {last_run_line(election['last_run'])}")
+
+
+def print_table(document: dict[str, Any]) -> None:
+    table = Table(title=f"elections under {document['prefix']} ({document['backend']})")
+    for column in ("election", "leader", "waiting (in order)", "last successful run"):
+        table.add_column(column)
+    for election in document["elections"]:
+        waiting = "\n".join(
+            f"{n}. {who(w)}, token {w['token']}" for n, w in enumerate(election["waiting"], 1)
+        )
+        table.add_row(
+            election["name"],
+            leader_line(election["leader"]),
+            waiting or "-",
+            last_run_line(election["last_run"]),
+        )
+    Console().print(table)
+
+
+# -- step-down -------------------------------------------------------------------------------------
+
+
+def step_down(settings: Settings, election: str, wait: float | None) -> int:
+    """Delete the leader's key; with `wait`, block until another candidate leads."""
+    backend = connect(settings)
+    try:
+        leader = backend.step_down(election)
+        if leader is None:
+            print(f"leaderrun: {election} has no leader; nothing to step down", file=sys.stderr)
+            return ExitCode.NO_LEADER
+        print(f"{who(describe_candidate(leader))} stepped down from {election}")
+        if wait is None:
+            return ExitCode.OK
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            successor = backend.view(election).leader
+            if successor is not None and successor.token != leader.token:
+                print(f"{who(describe_candidate(successor))} now leads {election}")
+                return ExitCode.OK
+            time.sleep(0.1)
+        print(
+            f"leaderrun: no other candidate took over {election} within {wait:g}s", file=sys.stderr
+        )
+        return ExitCode.NO_LEADER
+    finally:
+        backend.close()
