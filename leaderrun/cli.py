@@ -72,11 +72,17 @@ def load_config(ctx: click.Context, param: click.Parameter, path: str | None) ->
         raise UsageError(f"--config: cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"--config: {path} is not valid TOML: {exc}") from None
-    known = {p.name: p for p in ctx.command.params if p.name not in ("config", "command")}
+    known = {
+        opt[2:].replace("-", "_"): param.name
+        for param in ctx.command.params
+        if isinstance(param, click.Option) and param.name != "config"
+        for opt in param.opts
+        if opt.startswith("--")
+    }
     defaults: dict[str, Any] = {}
     for key, value in document.items():
-        name = key.replace("-", "_")
-        if name not in known or isinstance(value, dict | list):
+        name = known.get(key.replace("-", "_"))
+        if name is None or isinstance(value, dict | list):
             raise UsageError(
                 f"--config: unknown key {key!r} in {path}; "
                 f"valid keys are the long options of `leaderrun {ctx.command.name}`"

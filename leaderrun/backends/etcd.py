@@ -99,6 +99,7 @@ class EtcdBackend(Backend):
         self.lease_gone = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._unrevoked: list[int] = []
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -140,6 +141,7 @@ class EtcdBackend(Backend):
 
     def _grant_lease(self) -> None:
         """Grant a fresh lease and keep it alive from now on (waiting can take long)."""
+        self._revoke_leftover_leases()
         requested = max(1, math.ceil(self.settings.timing.ttl))
         sent = time.monotonic()
         lease = self._retry(lambda: self.client.lease(requested))
@@ -301,13 +303,23 @@ class EtcdBackend(Backend):
             return
         try:
             self._retry(lambda: self.client.revoke_lease(lease_id), attempts=8)
-        except Exception as exc:
+        except Exception as exc:  # the lease expires by itself anyway
+            self._unrevoked.append(lease_id)
             log.warning(
                 "could not revoke lease %x (%s); it expires on its own within %gs",
                 lease_id,
                 describe(exc),
                 self.settings.timing.ttl,
             )
+
+    def _revoke_leftover_leases(self) -> None:
+        """Revoke leases we failed to revoke earlier (store down), so that under --forever our
+        own stale key cannot stand ahead of our new candidacy until it expires."""
+        leftovers, self._unrevoked = self._unrevoked, []
+        for lease_id in leftovers:
+            with suppress(*TRANSIENT_ERRORS):
+                self.client.revoke_lease(lease_id)
+                log.debug("revoked leftover lease %x", lease_id)
 
     def release_handle(self) -> Mapping[str, Any] | None:
         return {"lease": self.lease_id} if self.lease_id is not None else None
