@@ -9,6 +9,7 @@ before anything is written to the store.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tomllib
@@ -21,18 +22,23 @@ from leaderrun import __version__
 from leaderrun.errors import ExitCode, LeaderrunError, UsageError
 from leaderrun.log import FORMATS, setup_logging
 from leaderrun.settings import (
+    Security,
     Settings,
     Timing,
     build_timing,
+    check_readable,
     default_identity,
     parse_backend_url,
     parse_duration,
+    read_secret_file,
     validate_election_name,
     validate_identity,
     validate_prefix,
 )
 
 DEFAULT_BACKEND = "etcd://127.0.0.1:2379"
+#: Found while parsing, logged once logging is set up.
+SECURITY_WARNINGS: list[str] = []
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -121,6 +127,18 @@ def common_options(func: F) -> F:
             "--log-format", envvar=_env("log-format"), type=click.Choice(FORMATS),
             default="text", show_default=True, help="Human text, or one JSON object per line.",
         ),
+        click.option("--cacert", envvar=_env("cacert"), help="etcd: CA bundle for the server."),
+        click.option("--cert", envvar=_env("cert"), help="etcd: client certificate (with --key)."),
+        click.option("--key", envvar=_env("key"), help="etcd: client certificate's key."),
+        click.option("--user", envvar=_env("user"), help="etcd: user name (password by file/env)."),
+        click.option(
+            "--password-file", envvar=_env("password-file"),
+            help="etcd: file holding the password (or set LEADERRUN_PASSWORD).",
+        ),
+        click.option(
+            "--zk-auth-file", envvar=_env("zk-auth-file"),
+            help="ZooKeeper: file holding user:password for digest auth.",
+        ),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)
@@ -207,6 +225,7 @@ def run(command: tuple[str, ...], **options: Any) -> None:  # fmt: skip
         election=settings.election,
         identity=settings.identity,
     )
+    log_security_warnings()
     from leaderrun.guard import run_guarded
 
     sys.exit(run_guarded(settings))
@@ -282,11 +301,61 @@ def settings_for_operator(election: str, options: dict[str, Any]) -> Settings:
         timing=Timing(ttl=10.0, kill_grace=3.0, renew_interval=2.5),
     )
     setup_logging(settings.verbosity, settings.log_format)
+    log_security_warnings()
     return settings
 
 
+def log_security_warnings() -> None:
+    for warning in SECURITY_WARNINGS:
+        logging.getLogger("leaderrun").warning("%s", warning)
+
+
+def _security(options: dict[str, Any]) -> tuple[Security, list[str]]:
+    """Credentials from files or the environment (never from the command line, where any user
+    could read them in the process list); and warnings to log once logging is set up."""
+    warnings = []
+    password = os.environ.get("LEADERRUN_PASSWORD") or None
+    if options["password_file"]:
+        password, exposed = read_secret_file(options["password_file"], "--password-file")
+        if exposed:
+            warnings.append(
+                f"--password-file {options['password_file']} is readable by group or others; "
+                "chmod 600 it"
+            )
+    if options["password_file"] and not options["user"]:
+        raise UsageError("--password-file was given but no --user; add --user NAME")
+    if options["user"] and not password:
+        raise UsageError(
+            f"--user {options['user']} needs a password: --password-file FILE or LEADERRUN_PASSWORD"
+        )
+    if bool(options["cert"]) != bool(options["key"]):
+        raise UsageError("--cert and --key go together; give both or neither")
+    zk_auth = None
+    if options["zk_auth_file"]:
+        zk_auth, exposed = read_secret_file(options["zk_auth_file"], "--zk-auth-file")
+        if ":" not in zk_auth:
+            raise UsageError(f"--zk-auth-file {options['zk_auth_file']} must hold user:password")
+        if exposed:
+            warnings.append(
+                f"--zk-auth-file {options['zk_auth_file']} is readable by group or others; "
+                "chmod 600 it"
+            )
+    security = Security(
+        cacert=check_readable(options["cacert"], "--cacert"),
+        cert=check_readable(options["cert"], "--cert"),
+        key=check_readable(options["key"], "--key"),
+        user=options["user"],
+        password=password if options["user"] else None,
+        zk_auth=zk_auth,
+    )
+    return security, warnings
+
+
 def _store_settings(options: dict[str, Any]) -> dict[str, Any]:
+    security, warnings = _security(options)
+    SECURITY_WARNINGS[:] = warnings
     return {
+        "security": security,
         "backend": parse_backend_url(options["backend"]),
         "prefix": validate_prefix(options["prefix"]),
         "connect_timeout": parse_duration(options["connect_timeout"], "--connect-timeout"),
@@ -318,8 +387,17 @@ def verbosity(verbose: int, quiet: int) -> int:
         ) from None
 
 
+def quiet_grpc_core() -> None:
+    """gRPC's C core prints multi-line TLS and connection errors on stderr by itself; ours
+    already say what failed, in one line. The child still gets the user's own setting."""
+    if "GRPC_VERBOSITY" not in os.environ:
+        os.environ["GRPC_VERBOSITY"] = "NONE"
+        os.environ["LEADERRUN_GRPC_VERBOSITY_SET"] = "1"
+
+
 def main() -> None:
     """Console-script entry point: one line per error, a distinct exit code, no traceback."""
+    quiet_grpc_core()
     try:
         code = cli.main(prog_name="leaderrun", standalone_mode=False)
     except click.exceptions.Abort:

@@ -11,7 +11,7 @@ import math
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from leaderrun.errors import UsageError
@@ -183,6 +183,42 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class Security:
+    """TLS files and credentials. Secrets are kept out of `repr()` so they cannot reach a log."""
+
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    zk_auth: str | None = field(default=None, repr=False)  # "user:password" for digest auth
+
+    def wants_tls(self, scheme: str) -> bool:
+        return scheme == "etcds" or any((self.cacert, self.cert, self.key))
+
+
+def read_secret_file(path: str, option: str) -> tuple[str, bool]:
+    """The file's content without its trailing newline, and whether others may read it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            secret = handle.read().rstrip("\r\n")
+        exposed = bool(os.stat(path).st_mode & 0o077)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{option}: {path} is not UTF-8 text") from None
+    if not secret:
+        raise UsageError(f"{option}: {path} is empty")
+    return secret, exposed
+
+
+def check_readable(path: str | None, option: str) -> str | None:
+    if path is not None and not os.access(path, os.R_OK):
+        raise UsageError(f"{option}: cannot read {path}; check the path and its permissions")
+    return path
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `run` needs, already validated."""
 
@@ -202,6 +238,7 @@ class Settings:
     forever: bool = False
     restart_delay: float = 1.0
     metrics_addr: str | None = None
+    security: Security = field(default_factory=Security)
 
     @property
     def election_path(self) -> str:

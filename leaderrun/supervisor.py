@@ -503,6 +503,8 @@ class Supervisor:
 
     def _child_env(self, leadership: Leadership) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
+        if env.pop("LEADERRUN_GRPC_VERBOSITY_SET", None):
+            env.pop("GRPC_VERBOSITY", None)
         env.update(
             LEADERRUN_ELECTION=self.settings.election,
             LEADERRUN_ID=self.settings.identity,

@@ -25,7 +25,8 @@ from typing import Any
 
 import grpc
 import pyetcd
-from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
+from pyetcd import etcdrpc
+from pyetcd.client import Endpoint, EtcdTokenCallCredentials, MultiEndpointEtcd3Client
 
 from leaderrun import metrics
 from leaderrun.backends import Backend, Candidate, ElectionView, Leadership, LeaseClock
@@ -42,7 +43,12 @@ GRPC_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.enable_retries", 0),
 ]
-REFUSAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+REFUSAL_CODES = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,  # etcd's "authentication failed, invalid user ID or password"
+)
+TLS_FAILURE_WORDS = ("handshake", "ssl", "certificate", "tls", "tsi_")
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     pyetcd.exceptions.Etcd3Exception,
     grpc.RpcError,
@@ -56,18 +62,59 @@ class WatchEnd(Enum):
     STOPPED = "stopped"
 
 
+def grpc_error(exc: BaseException | None) -> grpc.RpcError | None:
+    """The gRPC error behind a client exception (etcd-sdk-python wraps some, keeping the
+    original as the context), so messages can say what really happened."""
+    while exc is not None:
+        if isinstance(exc, grpc.RpcError):
+            return exc
+        exc = exc.__context__
+    return None
+
+
+def is_token_expired(exc: BaseException) -> bool:
+    err = grpc_error(exc)
+    return err is not None and "invalid auth token" in (err.details() or "")
+
+
 def is_refusal(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.RpcError) and exc.code() in REFUSAL_CODES
+    err = grpc_error(exc)
+    return err is not None and err.code() in REFUSAL_CODES and not is_token_expired(exc)
+
+
+def is_tls_failure(exc: BaseException) -> bool:
+    err = grpc_error(exc)
+    details = (err.details() or "").lower() if err is not None else ""
+    return any(word in details for word in TLS_FAILURE_WORDS)
 
 
 def refusal_error(exc: BaseException) -> BackendRefused:
-    details = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
-    return BackendRefused(f"etcd refused the request: {details}; check --user and permissions")
+    return BackendRefused(
+        f"etcd refused the request ({describe(exc)}); check --user and the role's permissions "
+        "on the prefix"
+    )
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def make_client(settings: Settings, rpc_timeout: float) -> MultiEndpointEtcd3Client:
-    secure = settings.backend.scheme == "etcds"
-    creds = grpc.ssl_channel_credentials() if secure else None
+    """A client with the three corrections of the module docstring, and TLS if asked."""
+    security = settings.security
+    secure = security.wants_tls(settings.backend.scheme)
+    creds = (
+        grpc.ssl_channel_credentials(
+            root_certificates=_read(security.cacert),
+            private_key=_read(security.key),
+            certificate_chain=_read(security.cert),
+        )
+        if secure
+        else None
+    )
     endpoints = [
         Endpoint(
             ep.host,
@@ -109,11 +156,17 @@ class EtcdBackend(Backend):
         while time.monotonic() < deadline:
             try:
                 with self._call_timeout(deadline - time.monotonic()):
+                    self._authenticate()
                     self.client.get(self.key_prefix)
                 return
             except TRANSIENT_ERRORS as exc:
                 if is_refusal(exc):
                     raise refusal_error(exc) from None
+                if is_tls_failure(exc):
+                    raise BackendRefused(
+                        f"TLS with etcd at {self.settings.backend} failed ({describe(exc)}); "
+                        "check --cacert, --cert and --key"
+                    ) from None
                 last = exc
                 time.sleep(min(RETRY_INTERVAL, max(0.0, deadline - time.monotonic())))
         raise BackendUnreachable(
@@ -121,6 +174,33 @@ class EtcdBackend(Backend):
             f"{self.settings.connect_timeout:g}s ({describe(last)}); "
             "check --backend and that etcd is running"
         )
+
+    def _authenticate(self) -> None:
+        """Log in with --user: etcd hands out a token that every later request carries.
+
+        The token goes in the request metadata, and also as gRPC call credentials on TLS
+        channels; call credentials alone are refused by gRPC on a plain channel ("insufficient
+        security level"), which is why the client's own login is not used.
+        """
+        security = self.settings.security
+        if not security.user:
+            return
+        request = etcdrpc.AuthenticateRequest(name=security.user, password=security.password)
+        token = self.client.authstub.Authenticate(request, self.client.timeout).token
+        self.client.metadata = (("token", token),)
+        if security.wants_tls(self.settings.backend.scheme):
+            self.client.call_credentials = grpc.metadata_call_credentials(
+                EtcdTokenCallCredentials(token)
+            )
+        self.client._clear_old_stubs()  # the watcher captured the old token
+
+    def _recover(self, exc: BaseException) -> None:
+        """After a failed request: count it, and log in again if our token expired."""
+        metrics.backend_error(self.settings.election)
+        if is_token_expired(exc):
+            log.info("etcd auth token expired; logging in again")
+            with suppress(*TRANSIENT_ERRORS):
+                self._authenticate()
 
     @contextmanager
     def _call_timeout(self, seconds: float) -> Iterator[None]:
@@ -162,7 +242,7 @@ class EtcdBackend(Backend):
                 responses = list(self.client.refresh_lease(lease_id))
                 ttl = responses[0].TTL if responses else 0
             except TRANSIENT_ERRORS as exc:
-                metrics.backend_error(self.settings.election)
+                self._recover(exc)
                 if failing_since is None:
                     failing_since = sent
                     log.debug("lease keep-alive failed: %s", describe(exc))
@@ -218,6 +298,7 @@ class EtcdBackend(Backend):
                 )
             except TRANSIENT_ERRORS as exc:
                 self._raise_if_refused(exc)
+                self._recover(exc)
                 cancel.wait(RETRY_INTERVAL)
                 continue
             mine = [meta for _, meta in queue_now if meta.key.decode() == key]
@@ -246,7 +327,8 @@ class EtcdBackend(Backend):
         while not should_stop():
             try:
                 _, meta = self.client.get(leadership.key)
-            except TRANSIENT_ERRORS:
+            except TRANSIENT_ERRORS as exc:
+                self._recover(exc)
                 self._stop.wait(RETRY_INTERVAL)
                 continue
             if meta is None or meta.create_revision != leadership.token:
@@ -270,6 +352,7 @@ class EtcdBackend(Backend):
                 key, events.put, start_revision=seen_revision + 1
             )
         except TRANSIENT_ERRORS as exc:
+            self._recover(exc)
             log.debug("watch on %s failed: %s", key, describe(exc))
             return WatchEnd.BROKEN
         try:
@@ -326,19 +409,12 @@ class EtcdBackend(Backend):
 
     @classmethod
     def release_orphaned(cls, settings: Settings, handle: Mapping[str, Any]) -> None:
-        client = make_client(settings, rpc_timeout=1.0)
+        backend = cls(settings)
         try:
-            deadline = time.monotonic() + settings.connect_timeout
-            while True:
-                try:
-                    client.revoke_lease(int(handle["lease"]))
-                    return
-                except TRANSIENT_ERRORS:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(RETRY_INTERVAL)
+            backend.connect()
+            backend._retry(lambda: backend.client.revoke_lease(int(handle["lease"])), attempts=20)
         finally:
-            client.close()
+            backend.close()
 
     def announce(self, leadership: Leadership, value: bytes) -> None:
         txn = self.client.transactions
@@ -421,6 +497,7 @@ class EtcdBackend(Backend):
                 return call()
             except TRANSIENT_ERRORS as exc:
                 self._raise_if_refused(exc)
+                self._recover(exc)
                 tries += 1
                 if attempts is not None and tries >= attempts:
                     raise
@@ -444,7 +521,8 @@ def describe(exc: BaseException | None) -> str:
     """A short, secret-free description of a client error for one-line messages."""
     if exc is None:
         return "no answer"
-    if isinstance(exc, grpc.RpcError):
-        return f"{exc.code().name}: {exc.details()}"
+    err = grpc_error(exc)
+    if err is not None:
+        return f"{err.code().name}: {err.details()}"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
