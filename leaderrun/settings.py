@@ -39,7 +39,8 @@ def parse_duration(text: str, option: str) -> float:
 
 
 def validate_election_name(name: str, *, derived_from_command: bool = False) -> str:
-    if ELECTION_NAME.fullmatch(name):
+    """`[A-Za-z0-9._-]{1,128}`, except `.` and `..`, which ZooKeeper refuses as path parts."""
+    if ELECTION_NAME.fullmatch(name) and name not in (".", ".."):
         return name
     if derived_from_command:
         raise UsageError(
