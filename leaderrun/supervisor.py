@@ -28,7 +28,7 @@ from types import FrameType
 
 from leaderrun import metrics, process
 from leaderrun.backends import Backend, Candidate, Leadership, backend_class
-from leaderrun.errors import BackendUnreachable, ExitCode, LeaderrunError, signal_exit_code
+from leaderrun.errors import BackendUnreachable, ExitCode, signal_exit_code
 from leaderrun.log import event
 from leaderrun.record import candidate_value, parse_value
 from leaderrun.settings import Settings, Timing
@@ -516,6 +516,3 @@ class Supervisor:
 
     def _leaderrun_pid(self) -> int:
         return os.getppid() if self.parent_gone_fd is not None else os.getpid()
-
-
-__all__ = ["FORWARDED_SIGNALS", "LeaderrunError", "Supervisor"]

@@ -65,9 +65,12 @@ def etcd_auth(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterator[Au
         ("user", "add", ROOT),
         ("role", "add", "leaderrun"),
         ("role", "grant-permission", "leaderrun", "readwrite", "/leaderrun/", "--prefix=true"),
-        ("role", "grant-permission", "leaderrun", "readwrite", "/leaderrun"),
         ("user", "add", f"app:{PASSWORD}"),
         ("user", "grant-role", "app", "leaderrun"),
+        ("role", "add", "leaderrun-status"),
+        ("role", "grant-permission", "leaderrun-status", "read", "/leaderrun/", "--prefix=true"),
+        ("user", "add", f"viewer:{PASSWORD}"),
+        ("user", "grant-role", "viewer", "leaderrun-status"),
         ("auth", "enable"),
     ):
         cluster.etcdctl(*args)
@@ -230,7 +233,7 @@ def test_world_readable_password_file_is_warned_about(
     assert "readable by group or others" in err and "chmod 600" in err
 
 
-def test_status_with_credentials_shows_no_secret(
+def test_status_with_read_only_user_shows_no_secret(
     etcd_auth: AuthEtcd, election: str, processes: ProcessRegistry, password_file: Path,
     tmp_path: Path,
 ) -> None:  # fmt: skip
@@ -242,9 +245,11 @@ def test_status_with_credentials_shows_no_secret(
         opts=(*creds, "--metrics-addr", f"127.0.0.1:{(port := free_port())}"),
     )  # fmt: skip
 
+    viewer = ("--user", "viewer", "--password-file", str(password_file))
+
     def status() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*LEADERRUN_CMD, "status", "--backend", etcd_auth.plain, *creds, "--json", election],
+            [*LEADERRUN_CMD, "status", "--backend", etcd_auth.plain, *viewer, "--json", election],
             capture_output=True, text=True, timeout=30, env=clean_env(), check=False,
         )  # fmt: skip
 
