@@ -1,8 +1,12 @@
-"""Fixtures: real etcd servers, unique election names, and subprocesses that cannot leak.
+"""Fixtures: real etcd and ZooKeeper servers, unique election names, and subprocesses that
+cannot leak.
 
 Scopes follow cost and isolation: tests that only need a working store share one
 session-wide server (unique election names keep them apart); tests that freeze, restart or
-kill the server get their own; the 3-member cluster is shared per module.
+kill the server get their own; the 3-member cluster/ensemble is shared per module.
+
+The contract suite asks for `store`, `store_private` or `store_cluster3`: the same fixtures
+parametrized over both backends ("etcd", "zk"), giving the server wrapped in a `Store` probe.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from pathlib import Path
 
 import pytest
 from helpers import LEADERRUN_CMD, ProcessRegistry
-from servers import EtcdCluster
+from servers import EtcdCluster, ZkEnsemble
+from stores import Store, store_for
+
+BACKENDS = ("etcd", "zk")
 
 
 def _cluster(tmp: Path, size: int) -> Iterator[EtcdCluster]:
@@ -46,6 +53,52 @@ def etcd_cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdClus
     ``wait_healthy`` before it ends, so the next test of the module finds a whole cluster.
     """
     yield from _cluster(tmp_path_factory.mktemp("etcd-cluster3"), 3)
+
+
+def _ensemble(tmp: Path, size: int, **options: int) -> Iterator[ZkEnsemble]:
+    ensemble = ZkEnsemble(tmp, size=size, **options)
+    ensemble.start()
+    try:
+        yield ensemble
+    finally:
+        ensemble.stop()
+
+
+@pytest.fixture(scope="session")
+def zk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZkEnsemble]:
+    """One standalone ZooKeeper shared by the whole session. Do not freeze, stop or kill it."""
+    yield from _ensemble(tmp_path_factory.mktemp("zk-shared"), 1)
+
+
+@pytest.fixture
+def zk_private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZkEnsemble]:
+    """A standalone ZooKeeper for one test, which may freeze, restart or kill it."""
+    yield from _ensemble(tmp_path_factory.mktemp("zk-private"), 1)
+
+
+@pytest.fixture(scope="module")
+def zk_ensemble3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZkEnsemble]:
+    """A 3-server ZooKeeper ensemble shared by one test module (same rules as etcd_cluster3)."""
+    yield from _ensemble(tmp_path_factory.mktemp("zk-ensemble3"), 3)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def store(request: pytest.FixtureRequest) -> Store:
+    """The shared server of each backend in turn (`etcd`, `zk`), as a `Store` probe."""
+    return store_for(request.getfixturevalue(request.param))
+
+
+@pytest.fixture(params=BACKENDS)
+def store_private(request: pytest.FixtureRequest) -> Store:
+    """A private single server of each backend in turn, which the test may break."""
+    return store_for(request.getfixturevalue(f"{request.param}_private"))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def store_cluster3(request: pytest.FixtureRequest) -> Store:
+    """A 3-member etcd cluster, then a 3-server ZooKeeper ensemble."""
+    name = "etcd_cluster3" if request.param == "etcd" else "zk_ensemble3"
+    return store_for(request.getfixturevalue(name))
 
 
 @pytest.fixture

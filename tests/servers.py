@@ -1,10 +1,11 @@
-"""Real etcd servers for the tests: single members and small clusters on loopback.
+"""Real etcd and ZooKeeper servers for the tests: single servers and small clusters on loopback.
 
-No mocks: leaderrun's safety property is about what a real server does with leases, so the
-tests start real ``etcd`` processes, each with its own ports and a data directory under a
+No mocks: leaderrun's safety property is about what a real server does with leases and
+sessions, so the tests start real ``etcd`` and ZooKeeper (``QuorumPeerMain`` from Debian's
+``zookeeper`` package) processes, each with its own ports and a data directory under a
 temporary directory that pytest owns. Every process started here is also remembered in a
 module-level registry and killed at interpreter exit (and dies with its parent through
-``PR_SET_PDEATHSIG``), so a crashed or interrupted test run leaves no etcd behind.
+``PR_SET_PDEATHSIG``), so a crashed or interrupted test run leaves no server behind.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -485,6 +487,308 @@ class EtcdCluster:
 
         try:
             wait_for(healthy, timeout, interval=0.05, message=f"{self!r} to be healthy")
+        except TimeoutError as e:
+            logs = "\n".join(f"--- {m.log_path}:\n{_tail(m.log_path, 15)}" for m in self.members)
+            raise TimeoutError(f"{e}\n{logs}") from None
+
+
+# -- ZooKeeper ---------------------------------------------------------------------------------
+
+ZK_JAR = Path("/usr/share/java/zookeeper.jar")
+#: An slf4j binding so the server logs somewhere (its own file) instead of warning about none.
+_SLF4J_BINDINGS = ("slf4j-simple.jar", "slf4j-nop.jar")
+#: tickTime of the test servers: sessions of 1 s .. 120 s are granted as asked (SPEC tests use
+#: 6 s and 60 s). A private server can pass other limits to test clamping.
+ZK_TICK_MS = 500
+ZK_MAX_SESSION_MS = 120_000
+ZK_JVM_OPTS = (
+    "-Xmx256m",
+    "-Xss512k",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",  # starts faster; peak speed does not matter here
+    "-Djava.net.preferIPv4Stack=true",
+    "-Dzookeeper.jmx.log4j.disable=true",
+)
+
+
+def _slf4j_binding() -> Path:
+    for name in _SLF4J_BINDINGS:
+        path = Path("/usr/share/java") / name
+        if path.exists():
+            return path
+    raise RuntimeError("no slf4j binding jar in /usr/share/java (install libslf4j-java)")
+
+
+def four_letter(endpoint: str, command: str, timeout: float = 2.0) -> str | None:
+    """Send a ZooKeeper four-letter command (``ruok``, ``srvr``, ``dump``...); None if no answer."""
+    host, port = endpoint.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(command.encode())
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return None
+    return b"".join(chunks).decode(errors="replace")
+
+
+class ZkMember:
+    """One ZooKeeper server (``QuorumPeerMain`` from Debian's package). Its ports, id and data
+    directory survive ``stop``/``restart``."""
+
+    def __init__(
+        self,
+        sid: int,
+        base_dir: Path,
+        *,
+        client_port: int | None = None,
+        quorum_ports: tuple[int, int] | None = None,
+        servers: str = "",
+        tick_ms: int = ZK_TICK_MS,
+        min_session_ms: int | None = None,
+        max_session_ms: int = ZK_MAX_SESSION_MS,
+    ) -> None:
+        self.sid = sid
+        self.name = f"zk{sid}"
+        self.client_port = client_port if client_port is not None else free_port()
+        self.quorum_ports = quorum_ports
+        self.servers = servers
+        self.endpoint = f"127.0.0.1:{self.client_port}"
+        self.dir = base_dir / self.name
+        self.data_dir = self.dir / "data"
+        self.config_path = self.dir / "zoo.cfg"
+        self.log_path = self.dir / "zookeeper.log"
+        self.tick_ms = tick_ms
+        self.min_session_ms = min_session_ms if min_session_ms is not None else 2 * tick_ms
+        self.max_session_ms = max_session_ms
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.frozen = False
+        self._log: IO[bytes] | None = None
+
+    def __repr__(self) -> str:
+        state = "frozen" if self.frozen else "running" if self.is_running() else "stopped"
+        return f"<ZkMember {self.name} {self.endpoint} {state}>"
+
+    def write_config(self) -> None:
+        lines = [
+            f"tickTime={self.tick_ms}",
+            "initLimit=10",
+            "syncLimit=4",
+            f"dataDir={self.data_dir}",
+            f"clientPort={self.client_port}",
+            "clientPortAddress=127.0.0.1",
+            f"minSessionTimeout={self.min_session_ms}",
+            f"maxSessionTimeout={self.max_session_ms}",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=ruok,srvr,mntr,stat,conf,envi,dump,cons",
+            "forceSync=no",  # the tests kill processes, not machines; fsync only slows them
+            "autopurge.purgeInterval=0",
+        ]
+        if self.servers:
+            lines.append(self.servers)
+        self.config_path.write_text("\n".join(lines) + "\n")
+        (self.data_dir / "myid").write_text(f"{self.sid}\n")
+
+    def argv(self) -> list[str]:
+        classpath = f"{ZK_JAR}:{_slf4j_binding()}"
+        return [
+            "java",
+            *ZK_JVM_OPTS,
+            "-cp",
+            classpath,
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+            str(self.config_path),
+        ]
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to serve (see :meth:`wait_serving`)."""
+        if self.is_running():
+            raise RuntimeError(f"{self.name} is already running")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        self._log = self.log_path.open("ab")
+        banner = f"\n=== leaderrun tests: starting {self.name} at {time.time():.3f}\n"
+        self._log.write(banner.encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        _live.add(self.proc)
+        self.frozen = False
+
+    def mode(self, timeout: float = 2.0) -> str | None:
+        """``standalone``, ``leader`` or ``follower`` once serving; None before (or frozen)."""
+        answer = four_letter(self.endpoint, "srvr", timeout)
+        if answer is None:
+            return None
+        for line in answer.splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def serving(self, timeout: float = 2.0) -> bool:
+        """``ruok`` answers ``imok`` and the server serves (``srvr`` reports a mode)."""
+        return four_letter(self.endpoint, "ruok", timeout) == "imok" and bool(self.mode(timeout))
+
+    def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
+        def serving() -> bool:
+            if not self.is_running():
+                raise RuntimeError(f"ZooKeeper {self.name} exited early:\n{_tail(self.log_path)}")
+            return self.serving(timeout=1.0)
+
+        try:
+            wait_for(serving, timeout, interval=0.05, message=f"ZooKeeper {self.name} to serve")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n--- {self.log_path}:\n{_tail(self.log_path)}") from None
+
+    def start(self, wait: bool = True, timeout: float = START_TIMEOUT) -> None:
+        self.launch()
+        if wait:
+            self.wait_serving(timeout)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"ZooKeeper {self.name} is not running")
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Graceful stop (SIGTERM; SIGKILL after ``timeout``). No-op when not running."""
+        if self.proc is not None:
+            terminate(self.proc, timeout)
+        self._closed()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as clients and the ensemble can tell."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT)
+        if self.proc is not None:
+            _live.discard(self.proc)
+        self._closed()
+
+    def _closed(self) -> None:
+        self.frozen = False
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process keeps its sockets but answers nothing (a hung server)."""
+        self._signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+        self.frozen = False
+
+    def restart(self, down_seconds: float, wait: bool = True) -> None:
+        """Stop, stay down for ``down_seconds`` (the fault being injected), start again."""
+        self.stop()
+        time.sleep(down_seconds)
+        self.start(wait=wait)
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def sessions(self) -> set[int] | None:
+        """Ids of the sessions this server tracks (``dump``; the leader or a standalone
+        server tracks them all), or None if it does not answer."""
+        answer = four_letter(self.endpoint, "dump")
+        if answer is None or "Session" not in answer:
+            return None
+        tracker = answer.split("ephemeral nodes dump", 1)[0]
+        return {int(token, 16) for token in re.findall(r"0x[0-9a-fA-F]+", tracker)}
+
+
+class ZkEnsemble:
+    """``size`` ZooKeeper servers on loopback forming one ensemble (size 1: standalone)."""
+
+    def __init__(self, tmpdir: Path, size: int = 1, **member_options: int) -> None:
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self.tmpdir = Path(tmpdir)
+        clients = [free_port() for _ in range(size)]
+        quorum = [(free_port(), free_port()) for _ in range(size)] if size > 1 else []
+        servers = "\n".join(
+            f"server.{n}=127.0.0.1:{peer}:{election}"
+            for n, (peer, election) in enumerate(quorum, start=1)
+        )
+        self.members = [
+            ZkMember(
+                n,
+                self.tmpdir,
+                client_port=client,
+                quorum_ports=quorum[n - 1] if quorum else None,
+                servers=servers,
+                **member_options,
+            )
+            for n, client in enumerate(clients, start=1)
+        ]
+
+    def __repr__(self) -> str:
+        return f"<ZkEnsemble {self.members!r}>"
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    @property
+    def backend_url(self) -> str:
+        """leaderrun's ``--backend`` URL for this ensemble (no chroot)."""
+        return f"zk://{self.endpoints}"
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Launch every member, then wait until each serves (an ensemble needs a quorum up
+        before any member serves). On failure everything is stopped before raising."""
+        try:
+            for m in self.members:
+                m.launch()
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for m in self.members:
+            if m.frozen and m.is_running():
+                m.thaw()
+        for m in self.members:
+            if m.proc is not None and m.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    m.proc.send_signal(signal.SIGTERM)
+        for m in self.members:
+            m.stop()
+
+    def live_members(self) -> list[ZkMember]:
+        return [m for m in self.members if m.is_running() and not m.frozen]
+
+    def leader(self) -> ZkMember:
+        """The member whose ``srvr`` says ``Mode: leader`` (or the standalone server)."""
+        for m in self.live_members():
+            if m.mode() in ("leader", "standalone"):
+                return m
+        raise RuntimeError(f"no leader among live members of {self!r}")
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until every live member serves (so the ensemble has a leader)."""
+
+        def healthy() -> bool:
+            for m in self.members:
+                if m.proc is not None and m.proc.poll() is not None and m.proc in _live:
+                    raise RuntimeError(f"ZooKeeper {m.name} exited:\n{_tail(m.log_path)}")
+            live = self.live_members()
+            return bool(live) and all(m.serving(timeout=1.0) for m in live)
+
+        try:
+            wait_for(healthy, timeout, interval=0.05, message=f"{self!r} to serve")
         except TimeoutError as e:
             logs = "\n".join(f"--- {m.log_path}:\n{_tail(m.log_path, 15)}" for m in self.members)
             raise TimeoutError(f"{e}\n{logs}") from None

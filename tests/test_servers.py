@@ -1,4 +1,5 @@
-"""The test fixtures themselves work against real etcd (so other failures mean leaderrun)."""
+"""The test fixtures themselves work against real etcd and ZooKeeper (so other failures mean
+leaderrun)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 
 import pytest
 from helpers import ProcessRegistry, wait_for
-from servers import EtcdCluster, free_port, run_etcdctl
+from kazoo.client import KazooClient
+from servers import EtcdCluster, ZkEnsemble, four_letter, free_port, run_etcdctl
 
 
 def test_put_get(etcd: EtcdCluster, election: str) -> None:
@@ -96,3 +98,52 @@ def test_wait_for_times_out_with_message() -> None:
     with pytest.raises(TimeoutError, match="the impossible"):
         wait_for(lambda: False, 0.2, message="the impossible")
     assert wait_for(lambda: 42, 1) == 42
+
+
+# -- ZooKeeper ------------------------------------------------------------------------------------
+
+
+def test_zk_serves_on_its_own_loopback_port(zk: ZkEnsemble, election: str) -> None:
+    assert zk.backend_url == f"zk://{zk.endpoints}"
+    assert all(m.endpoint.startswith("127.0.0.1:") and m.client_port != 2181 for m in zk.members)
+    assert zk.leader().mode() == "standalone"
+    client = KazooClient(hosts=zk.endpoints)
+    client.start(timeout=10)
+    try:
+        client.create(f"/leaderrun-tests/{election}", b"hello", makepath=True, ephemeral=True)
+        assert client.get(f"/leaderrun-tests/{election}")[0] == b"hello"
+        assert client.client_id is not None
+        assert client.client_id[0] in (zk.members[0].sessions() or set())
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_zk_ensemble3_has_one_leader(zk_ensemble3: ZkEnsemble) -> None:
+    modes = sorted(str(m.mode()) for m in zk_ensemble3.members)
+    assert modes == ["follower", "follower", "leader"]
+    assert zk_ensemble3.leader().mode() == "leader"
+
+
+def test_zk_restart_keeps_data_and_freeze_stops_answers(zk_private: ZkEnsemble) -> None:
+    member = zk_private.members[0]
+    client = KazooClient(hosts=zk_private.endpoints)
+    client.start(timeout=10)
+    try:
+        client.create("/k", b"kept")
+    finally:
+        client.stop()
+        client.close()
+    member.restart(0.2)
+    member.freeze()
+    assert four_letter(member.endpoint, "ruok", timeout=0.5) is None
+    assert member.is_running()  # frozen, not dead
+    member.thaw()
+    member.wait_serving()
+    client = KazooClient(hosts=zk_private.endpoints)
+    client.start(timeout=10)
+    try:
+        assert client.get("/k")[0] == b"kept"
+    finally:
+        client.stop()
+        client.close()
