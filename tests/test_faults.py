@@ -1,0 +1,86 @@
+"""The timing rule under server faults, on every backend: a frozen server stops the child in
+time; a short restart or a cluster leader change does not stop it at all."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from helpers import ProcessRegistry, wait_for
+from runs import alive, child_pid, long_job, start, wait_exit
+from stores import Store
+
+T_FREEZE = 6.0
+SAFETY = 0.5  # max(0.5 s, T/20) for both TTLs used here
+
+
+def test_frozen_server_child_dead_before_lease_deadline(
+    store_private: Store, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    """SIGSTOP the only server: no renewal is answered after `t_freeze`, so the server could
+    expire the lease/session at `t_freeze + T` at the earliest; the child (which ignores
+    SIGTERM) must be dead by `t_freeze + T - safety`."""
+    job, pid_file, _ = long_job(tmp_path)
+    opts = ("--ttl", f"{T_FREEZE:g}s", "--kill-grace", "1s", "--renew-interval", "1s")
+    proc = start(processes, store_private, election, *job, opts=opts)
+    child = child_pid(pid_file)
+    member = store_private.members[0]
+
+    frozen_at = time.monotonic()
+    member.freeze()
+    wait_for(lambda: not alive(child), T_FREEZE + 5, interval=0.01, message="child stopped")
+    dead_seen_at = time.monotonic()
+    member.thaw()
+
+    early = frozen_at + T_FREEZE - SAFETY - dead_seen_at
+    print(f"\nfrozen {store_private.kind}: child dead {early:.3f}s before freeze + T - safety")
+    assert early >= 0, f"child still alive {dead_seen_at - frozen_at:.2f}s after the freeze"
+    assert wait_exit(proc, 60) == 75
+    err = proc.read_stderr()
+    assert "lease renewal failing" in err
+    assert re.search(r"stopped \d+\.\d+s before the lease deadline", err)
+
+
+def test_one_second_server_restart_does_not_stop_the_child(
+    store_private: Store, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    job, pid_file, done = long_job(tmp_path, ignore_term=False)
+    proc = start(processes, store_private, election, *job, opts=("--ttl", "10s", "-vv"))
+    child = child_pid(pid_file)
+
+    restarted_at = time.monotonic()
+    store_private.members[0].restart(down_seconds=1.0)
+    wait_for(lambda: "answered again" in proc.read_stderr(), 15)
+    # The lease deadline as of the restart has passed: had leaderrun not renewed, it would
+    # have stopped the child by now.
+    latest_old_deadline = restarted_at + 10.0
+    wait_for(lambda: time.monotonic() > latest_old_deadline or not alive(child), 15)
+    assert alive(child) and proc.poll() is None
+
+    done.touch()
+    assert wait_exit(proc) == 0
+    assert "WARNING" not in proc.read_stderr()
+
+
+def test_killing_the_cluster_leader_does_not_stop_the_child(
+    store_cluster3: Store, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    """etcd: the raft leader; ZooKeeper: the ensemble leader (every follower then drops its
+    clients until a new leader is elected, so each client must reconnect within the margin)."""
+    job, pid_file, done = long_job(tmp_path, ignore_term=False)
+    proc = start(processes, store_cluster3, election, *job, opts=("--ttl", "10s", "-vv"))
+    child = child_pid(pid_file)
+
+    leader = store_cluster3.leader_member()
+    killed_at = time.monotonic()
+    leader.kill()
+    try:
+        wait_for(lambda: time.monotonic() > killed_at + 10.0 or not alive(child), 15)
+        assert alive(child) and proc.poll() is None
+        done.touch()
+        assert wait_exit(proc) == 0
+    finally:
+        leader.start()
+        store_cluster3.wait_healthy()
+    assert "WARNING" not in proc.read_stderr()
