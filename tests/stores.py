@@ -13,13 +13,15 @@ import base64
 import json
 import logging
 import re
+import subprocess
+import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import NamedTuple
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
-from servers import EtcdCluster, EtcdMember, ZkEnsemble, ZkMember
+from servers import ETCDCTL_BIN, EtcdCluster, EtcdMember, ZkEnsemble, ZkMember, _server_env
 
 PREFIX = "/leaderrun"
 ZK_CONTENDER = re.compile(r"__lock__(-?\d{10})$")
@@ -99,6 +101,20 @@ class Store(abc.ABC):
     def write_elsewhere(self, name: str, value: str) -> None:
         """One unrelated write in the store (outside any election's queue)."""
 
+    @abc.abstractmethod
+    def foreign_candidate(self, election: str, value: bytes) -> AbstractContextManager[None]:
+        """A candidate that some other program queued with `value`, for as long as the
+        context lasts (etcd: a key under its own lease; ZooKeeper: a node of its own session,
+        named as kazoo's recipe names them)."""
+
+    @abc.abstractmethod
+    def put_record(self, election: str, value: bytes) -> None:
+        """Write `value` where the election's last-run record lives."""
+
+    @abc.abstractmethod
+    def keys_under(self, prefix: str) -> list[str]:
+        """Every key/node path at or under `prefix` (to prove nothing was written)."""
+
 
 class EtcdStore(Store):
     kind = "etcd"
@@ -154,6 +170,30 @@ class EtcdStore(Store):
 
     def write_elsewhere(self, name: str, value: str) -> None:
         self.cluster.etcdctl("put", f"{PREFIX}/{name}", value)
+
+    def _put_bytes(self, key: str, value: bytes, *options: str) -> None:
+        """etcdctl takes the value from stdin when it is not an argument: any bytes go."""
+        env = {**_server_env(), "ETCDCTL_API": "3"}
+        subprocess.run(
+            [ETCDCTL_BIN, "--endpoints", self.cluster.endpoints, "put", *options, key],
+            input=value, env=env, capture_output=True, check=True, timeout=30,
+        )  # fmt: skip
+
+    @contextmanager
+    def foreign_candidate(self, election: str, value: bytes) -> Iterator[None]:
+        lease = self.cluster.etcdctl("lease", "grant", "60").stdout.split()[1]
+        self._put_bytes(f"{PREFIX}/{election}/{lease}", value, f"--lease={lease}")
+        try:
+            yield
+        finally:
+            self.cluster.etcdctl("lease", "revoke", lease)
+
+    def put_record(self, election: str, value: bytes) -> None:
+        self._put_bytes(f"{PREFIX}/{election}", value)
+
+    def keys_under(self, prefix: str) -> list[str]:
+        out = self.cluster.etcdctl("get", "--prefix", prefix, "--keys-only").stdout
+        return [line for line in out.splitlines() if line]
 
 
 class ZkStore(Store):
@@ -234,6 +274,35 @@ class ZkStore(Store):
         with self.client() as client:
             client.ensure_path(f"{PREFIX}/{name}")
             client.set(f"{PREFIX}/{name}", value.encode())
+
+    @contextmanager
+    def foreign_candidate(self, election: str, value: bytes) -> Iterator[None]:
+        with self.client() as client:
+            client.create(
+                f"{PREFIX}/{election}/{uuid.uuid4().hex}__lock__",
+                value,
+                ephemeral=True,
+                sequence=True,
+                makepath=True,
+            )
+            yield  # leaving closes the session, and the node goes with it
+
+    def put_record(self, election: str, value: bytes) -> None:
+        with self.client() as client:
+            client.ensure_path(f"{PREFIX}/{election}")
+            client.set(f"{PREFIX}/{election}", value)
+
+    def keys_under(self, prefix: str) -> list[str]:
+        with self.client() as client:
+            if client.exists(prefix) is None:
+                return []
+            found, stack = [prefix], [prefix]
+            while stack:
+                path = stack.pop()
+                for child in client.get_children(path):
+                    found.append(f"{path}/{child}")
+                    stack.append(f"{path}/{child}")
+            return found
 
 
 def store_for(server: EtcdCluster | ZkEnsemble) -> Store:

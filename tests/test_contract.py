@@ -448,6 +448,50 @@ def test_forever_rejoins_the_end_of_the_queue_after_step_down(
     assert store.candidates(election) == []
 
 
+# -- values leaderrun did not write ----------------------------------------------------------------
+
+
+def test_status_shows_foreign_values_and_still_counts_a_leader(store: Store, election: str) -> None:
+    with store.foreign_candidate(election, b"\x01\x02 not json {"):
+        store.put_record(election, b'{"truncated": ')
+        result = operator(store, "status", "--json", election)
+        assert result.returncode == 0, result.stderr
+        shown = json.loads(result.stdout)["elections"][0]
+        assert shown["leader"]["foreign"] is True and shown["leader"]["id"] is None
+        assert "not json" in shown["leader"]["raw"]
+        assert shown["last_run"]["foreign"] is True
+        plain = operator(store, "status", election)
+        assert plain.returncode == 0 and "<foreign value" in plain.stdout
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"\x00\x01\x02binary", b'{"truncated": ', b'{"id": 5}', b"x" * 1_000_000],
+    ids=["binary", "truncated-json", "id-not-str", "huge"],
+)
+def test_waits_behind_a_foreign_candidate_and_runs_after_it_goes(
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path, value: bytes
+) -> None:
+    ran = tmp_path / "ran"
+    with store.foreign_candidate(election, value):
+        proc = start(processes, store, election, "touch", str(ran))
+        wait_for(lambda: "waiting behind <foreign value" in proc.read_stderr(), 15)
+        assert not ran.exists()
+    assert wait_exit(proc) == 0
+    assert ran.exists()
+
+
+def test_foreign_last_run_record_is_ignored_with_a_warning(
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    store.put_record(election, json.dumps(["not", "ours"]).encode())
+    ran = tmp_path / "ran"
+    proc = start(processes, store, election, "touch", str(ran), opts=("--once-per", "1h"))
+    assert wait_exit(proc) == 0
+    assert ran.exists()
+    assert "did not write" in proc.read_stderr()
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 
