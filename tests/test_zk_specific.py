@@ -1,5 +1,6 @@
 """What only ZooKeeper has: kazoo's election layout (interop both ways), czxid tokens, the
-session timeout the server negotiates, connection SUSPENDED/reconnect, and the chroot.
+session timeout the server negotiates, connection SUSPENDED/reconnect, the chroot, and
+digest auth with ACLs.
 Everything else runs on both backends in test_contract.py and test_faults.py."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, wait_for
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
 from kazoo.recipe.election import Election
 from runs import alive, child_pid, long_job, sh, start, wait_exit
 from servers import ZkEnsemble
@@ -200,3 +202,61 @@ def test_chroot_holds_the_elections_and_is_created_when_missing(
     assert json.loads(status.stdout)["elections"][0]["leader"]["id"] == "rooted"
     go.touch()
     assert wait_exit(proc) == 0
+
+
+def test_granted_session_timeout_too_short_for_the_timing_rule_is_refused(
+    zk_clamping: ZkEnsemble, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    """20 s asked with a 5 s kill grace fits; the 6 s the server grants does not: exit 2
+    before anything runs, naming what to change, and nothing is left in the queue."""
+    ran = tmp_path / "ran"
+    opts = ("--ttl", "20s", "--kill-grace", "5s")
+    proc = start(processes, zk_clamping, election, "touch", str(ran), opts=opts)
+    assert wait_exit(proc) == 2
+    err = proc.read_stderr()
+    assert "granted a session timeout of 6s" in err and "maxSessionTimeout" in err
+    assert "Traceback" not in err and not ran.exists()
+    assert ZkStore(zk_clamping).candidates(election) == []
+
+
+def test_auth_file_lets_only_that_identity_change_our_nodes(
+    zk: ZkEnsemble, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    """With --zk-auth-file, our nodes carry a digest ACL: anyone may read (status works),
+    only that identity may delete candidates or write the record; refusals exit 77."""
+    secret = "s3cret-pw"
+    auth = tmp_path / "zk-auth"
+    auth.write_text(f"jobs:{secret}\n")
+    auth.chmod(0o600)
+    other = tmp_path / "other-auth"
+    other.write_text("intruder:nope\n")
+    other.chmod(0o600)
+    job, pid_file, _ = long_job(tmp_path, ignore_term=False)
+    proc = start(processes, zk, election, *job, opts=("--zk-auth-file", str(auth)))
+    pid = child_pid(pid_file)
+    store = ZkStore(zk)
+    (leader,) = store.candidates(election)
+
+    with kazoo(zk) as client:
+        with pytest.raises(NoAuthError):
+            client.delete(leader.key)
+        with pytest.raises(NoAuthError):
+            client.set(f"{PREFIX}/{election}", b"forged record")
+
+    def operator(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*LEADERRUN_CMD, args[0], "--backend", zk.backend_url, *args[1:]],
+            env=clean_env(), capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    assert operator("status", "--json", election).returncode == 0
+    refused = operator("step-down", election)
+    assert refused.returncode == 77 and len(refused.stderr.strip().splitlines()) == 1
+    intruder = start(processes, zk, election, "true", opts=("--zk-auth-file", str(other)))
+    assert wait_exit(intruder) == 77
+    assert alive(pid) and [c.key for c in store.candidates(election)] == [leader.key]
+
+    assert operator("step-down", "--zk-auth-file", str(auth), election).returncode == 0
+    assert wait_exit(proc) == 75
+    outputs = [p.read_stderr() + p.read_stdout() for p in (proc, intruder)]
+    assert all(secret not in out for out in [*outputs, refused.stderr, refused.stdout])

@@ -23,6 +23,9 @@ So this backend
 
 One session per candidacy, like etcd's one lease per candidacy: `resign` deletes our node and
 closes the session; the next `connect` opens a new one.
+
+With `--zk-auth-file` (digest `user:password`) the nodes we create get an ACL that lets only
+that identity change them and everyone read them; a refusal by an ACL exits 77.
 """
 
 from __future__ import annotations
@@ -53,11 +56,12 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.serialization import Connect
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 from kazoo.retry import KazooRetry
+from kazoo.security import ACL, make_acl, make_digest_acl
 
 from leaderrun import metrics
 from leaderrun.backends import Backend, Candidate, ElectionView, Leadership, LeaseClock
-from leaderrun.errors import BackendRefused, BackendUnreachable
-from leaderrun.settings import Settings
+from leaderrun.errors import BackendRefused, BackendUnreachable, UsageError
+from leaderrun.settings import Settings, Timing
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,16 @@ def demote(record: logging.LogRecord) -> bool:
 kazoo_log.addFilter(demote)
 
 
+def acl_for(settings: Settings) -> list[ACL] | None:
+    """With `--zk-auth-file`, nodes we create can be changed only by that identity (the
+    parent's ACL also decides who may add or delete candidates); everyone may read them, so
+    `status` works without credentials. Without it, ZooKeeper's default (open) ACL."""
+    if not settings.security.zk_auth:
+        return None
+    user, _, password = settings.security.zk_auth.partition(":")
+    return [make_digest_acl(user, password, all=True), make_acl("world", "anyone", read=True)]
+
+
 def make_client(settings: Settings, client_id: tuple[int, bytes] | None = None) -> KazooClient:
     retry = KazooRetry(
         max_tries=-1,
@@ -128,10 +142,13 @@ def make_client(settings: Settings, client_id: tuple[int, bytes] | None = None) 
         max_delay=RECONNECT_MAX_DELAY,
     )
     kazoo_log.setLevel(logging.DEBUG if settings.verbosity >= 2 else logging.CRITICAL + 1)
+    zk_auth = settings.security.zk_auth
     return KazooClient(
         hosts=hosts_of(settings),
         timeout=settings.timing.ttl,
         client_id=client_id,
+        auth_data=[("digest", zk_auth)] if zk_auth else None,
+        default_acl=acl_for(settings),
         connection_retry=retry,
         # Our own calls have deadlines and retry loops; kazoo's recipes are not used.
         command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=RECONNECT_MAX_DELAY),
@@ -140,8 +157,12 @@ def make_client(settings: Settings, client_id: tuple[int, bytes] | None = None) 
 
 
 def refusal_error(exc: BaseException) -> BackendRefused:
-    what = "the credentials" if isinstance(exc, AuthFailedError) else "the permissions (ACL)"
-    return BackendRefused(f"ZooKeeper refused {what}: {describe(exc)}; check --zk-auth-file")
+    if isinstance(exc, AuthFailedError):
+        return BackendRefused("ZooKeeper refused the credentials; check --zk-auth-file")
+    return BackendRefused(
+        "ZooKeeper refused the request: the ACL of the election's nodes does not let this "
+        "identity change them; check --zk-auth-file"
+    )
 
 
 class ZooKeeperBackend(Backend):
@@ -151,7 +172,8 @@ class ZooKeeperBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.rpc_timeout = max(0.5, min(2.0, settings.timing.renew_interval))
+        self.renew_interval = settings.timing.renew_interval
+        self.rpc_timeout = max(0.5, min(2.0, self.renew_interval))
         #: `<chroot><prefix>`: where elections live; `root/<election>` is one election.
         self.root = settings.backend.path + settings.prefix
         self.election_node = f"{self.root}/{settings.election}"
@@ -202,6 +224,9 @@ class ZooKeeperBackend(Backend):
                 self.settings.timing.ttl,
                 self.negotiated,
             )
+        # Renewing at a quarter of a TTL we did not get would make the child look at risk.
+        self.renew_interval = min(self.settings.timing.renew_interval, self.negotiated / 4)
+        self.rpc_timeout = max(0.5, min(2.0, self.renew_interval))
         self._renew_thread = threading.Thread(
             target=self._renew_loop,
             args=(client, self._client_stop),
@@ -290,13 +315,15 @@ class ZooKeeperBackend(Backend):
             if session is None or before is None or before[0] != session.id:
                 if session is not None and failing_since is None:
                     failing_since = time.monotonic()
-                self._renew_now.wait(self.settings.timing.renew_interval)
+                self._renew_now.wait(self.renew_interval)
                 continue
             node = self.node
             sent = time.monotonic()
             try:
+                # Before we queue, any cheap read renews; the root of our elections needs no
+                # permission beyond what `status` needs (it may not exist: that is an answer).
                 stat = client.exists_async(
-                    node or "/", watch=self._on_node_event if node else None
+                    node or self.root, watch=self._on_node_event if node else None
                 ).get(timeout=self.rpc_timeout)
             except TRANSIENT_ERRORS as exc:
                 metrics.backend_error(self.settings.election)
@@ -315,7 +342,7 @@ class ZooKeeperBackend(Backend):
                     failing_since = None
             if node is not None and stat is None and node == self.node:
                 self._node_gone(node)
-            self._renew_now.wait(self.settings.timing.renew_interval)
+            self._renew_now.wait(self.renew_interval)
 
     def _on_node_event(self, event: WatchedEvent) -> None:
         """The watch on our own node: deleted means lost; anything else (our own data change,
@@ -373,6 +400,7 @@ class ZooKeeperBackend(Backend):
     def campaign(self, value: bytes, cancel: threading.Event) -> Leadership | None:
         if self.client is None:
             self.connect()
+        self._check_granted_timing()
         try:
             self._rpc(lambda c: c.ensure_path_async(self.election_node), cancel=cancel)
         except TRANSIENT_ERRORS:
@@ -401,6 +429,26 @@ class ZooKeeperBackend(Backend):
                 log.warning("our candidate node %s vanished while waiting; queueing again", node)
                 self.node = None
         return None
+
+    def _check_granted_timing(self) -> None:
+        """Refuse to lead when the session timeout the server granted cannot keep the timing
+        rule (its min/maxSessionTimeout, 2 and 20 ticks by default, bound what we asked)."""
+        if self.negotiated is None:
+            return
+        timing = Timing(
+            ttl=self.negotiated,
+            kill_grace=self.settings.timing.kill_grace,
+            renew_interval=self.renew_interval,
+        )
+        try:
+            timing.check("granted session timeout")
+        except UsageError:
+            raise UsageError(
+                f"ZooKeeper granted a session timeout of {self.negotiated:g}s (asked "
+                f"{self.settings.timing.ttl:g}s), too short for renew interval "
+                f"{timing.renew_interval:g}s + kill grace {timing.kill_grace:g}s + safety "
+                f"{timing.safety:g}s; lower --kill-grace or raise maxSessionTimeout on the servers"
+            ) from None
 
     def _create_node(self, prefix: str, value: bytes, cancel: threading.Event) -> str | None:
         """Create our ephemeral sequential node; its path, or None if cancelled first.
