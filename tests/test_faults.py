@@ -46,7 +46,10 @@ def test_one_second_server_restart_does_not_stop_the_child(
     store_private: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
     job, pid_file, done = long_job(tmp_path, ignore_term=False)
-    proc = start(processes, store_private, election, *job, opts=("--ttl", "10s", "-vv"))
+    # Renewing every 0.5 s guarantees some renewal falls into the outage, so the recovery
+    # below is really observed (with T/4 = 2.5 s a fast restart could slip between two).
+    opts = ("--ttl", "10s", "--renew-interval", "0.5s", "-vv")
+    proc = start(processes, store_private, election, *job, opts=opts)
     child = child_pid(pid_file)
 
     restarted_at = time.monotonic()
