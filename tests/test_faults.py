@@ -4,11 +4,12 @@ time; a short restart or a cluster leader change does not stop it at all."""
 from __future__ import annotations
 
 import re
+import signal
 import time
 from pathlib import Path
 
 from helpers import ProcessRegistry, wait_for
-from runs import alive, child_pid, long_job, start, wait_exit
+from runs import alive, child_pid, long_job, sh, start, wait_exit
 from stores import Store
 
 T_FREEZE = 6.0
@@ -87,3 +88,36 @@ def test_killing_the_cluster_leader_does_not_stop_the_child(
         leader.start()
         store_cluster3.wait_healthy()
     assert "WARNING" not in proc.read_stderr()
+
+
+def test_forever_leads_again_after_the_server_was_frozen_past_the_deadline(
+    store_private: Store, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    """The lease/session is gone for good after a freeze longer than T: the child is stopped
+    in time, and once the server answers again `--forever` campaigns anew (a new lease / a
+    new session) and leads with a higher token."""
+    journal, pid_file = tmp_path / "journal", tmp_path / "pid"
+    job = sh(
+        f'echo "$LEADERRUN_FENCING_TOKEN" >> {journal}; echo $$ > {pid_file}; '
+        "while :; do sleep 0.05; done"
+    )
+    opts = ("--forever", "--ttl", f"{T_FREEZE:g}s", "--kill-grace", "1s", "--renew-interval", "1s")
+    proc = start(processes, store_private, election, *job, opts=opts)
+    first = child_pid(pid_file)
+    member = store_private.members[0]
+
+    frozen_at = time.monotonic()
+    member.freeze()
+    wait_for(lambda: not alive(first), T_FREEZE + 5, interval=0.01, message="child stopped")
+    assert time.monotonic() <= frozen_at + T_FREEZE - SAFETY
+    # The fault: stay frozen until the server may have expired the lease/session.
+    wait_for(lambda: time.monotonic() > frozen_at + T_FREEZE + 1, T_FREEZE + 5)
+    member.thaw()
+
+    wait_for(lambda: len(journal.read_text().split()) == 2, 60, message="a second term")
+    tokens = [int(t) for t in journal.read_text().split()]
+    assert tokens[1] > tokens[0]
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert wait_exit(proc) == 0
+    assert store_private.candidates(election) == []
