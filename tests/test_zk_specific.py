@@ -20,7 +20,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.recipe.election import Election
 from runs import alive, child_pid, long_job, sh, start, wait_exit
-from servers import ZkEnsemble
+from servers import ZkEnsemble, ZkMember, four_letter
 from stores import PREFIX, ZkStore
 
 NODE_NAME = re.compile(r"[0-9a-f]{32}__lock__\d{10}")
@@ -260,3 +260,39 @@ def test_auth_file_lets_only_that_identity_change_our_nodes(
     assert wait_exit(proc) == 75
     outputs = [p.read_stderr() + p.read_stdout() for p in (proc, intruder)]
     assert all(secret not in out for out in [*outputs, refused.stderr, refused.stdout])
+
+
+def connected_member(ensemble: ZkEnsemble, session_id: int) -> ZkMember:
+    """The server that holds the client connection of `session_id` (4lw `cons`)."""
+    for member in ensemble.live_members():
+        if f"sid=0x{session_id:x}" in (four_letter(member.endpoint, "cons") or ""):
+            return member
+    raise AssertionError(f"no server holds a connection of session {session_id:x}")
+
+
+def test_frozen_server_of_our_connection_is_left_for_another_member(
+    zk_ensemble3: ZkEnsemble, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    """The member leaderrun is connected to hangs (SIGSTOP) for longer than T: kazoo alone
+    would wait on it for ever, as our renewals keep the connection busy; leaderrun drops the
+    connection when a renewal goes unanswered and the session moves to a live member."""
+    job, pid_file, done = long_job(tmp_path, ignore_term=False)
+    proc = start(processes, zk_ensemble3, election, *job, opts=("--ttl", "10s"))
+    child = child_pid(pid_file)
+    session = ZkStore(zk_ensemble3).leader_handle(election)
+    member = connected_member(zk_ensemble3, session)
+
+    frozen_at = time.monotonic()
+    member.freeze()
+    try:
+        wait_for(lambda: "reconnected to ZooKeeper" in proc.read_stderr(), 10)
+        # Past the deadline as of the freeze: only a renewal through another member keeps it.
+        wait_for(lambda: time.monotonic() > frozen_at + 10.0 or not alive(child), 15)
+        assert alive(child) and proc.poll() is None
+        assert connected_member(zk_ensemble3, session) is not member
+    finally:
+        member.thaw()
+        zk_ensemble3.wait_healthy()
+    done.touch()
+    assert wait_exit(proc) == 0
+    assert "WARNING" not in proc.read_stderr()

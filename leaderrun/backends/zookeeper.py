@@ -150,6 +150,10 @@ def make_client(settings: Settings, client_id: tuple[int, bytes] | None = None) 
         auth_data=[("digest", zk_auth)] if zk_auth else None,
         default_acl=acl_for(settings),
         connection_retry=retry,
+        # In the order given, not shuffled: after we drop a member that stopped answering,
+        # kazoo goes on with the next one listed, while a reshuffle could put the hung member
+        # first again and cost a whole connect timeout (T / number of members).
+        randomize_hosts=False,
         # Our own calls have deadlines and retry loops; kazoo's recipes are not used.
         command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=RECONNECT_MAX_DELAY),
         logger=kazoo_log,
