@@ -605,8 +605,12 @@ class ZooKeeperBackend(Backend):
             client.close()
 
     def announce(self, leadership: Leadership, value: bytes) -> None:
-        if self.node == leadership.key and not leadership.lost.is_set():
-            self._rpc(lambda c: c.set_async(leadership.key, value), attempts=3)
+        """Sent without waiting for the answer: it is cosmetic, and the supervisor calls it
+        after starting the child but before it begins to watch the deadline, so it must not
+        block on a server that does not answer."""
+        client = self.client
+        if client is not None and self.node == leadership.key and not leadership.lost.is_set():
+            client.set_async(leadership.key, value)
 
     # -- last-run record ------------------------------------------------------------------------
 
