@@ -90,7 +90,7 @@ def _worker_died(settings: Settings, signum: int, reports: WorkerReports) -> int
         try:
             backend_class(settings.backend.scheme).release_orphaned(settings, reports.handle)
             log.warning("released leadership of %s after the worker died", settings.election_path)
-        except Exception as exc:
+        except Exception as exc:  # the lease still expires by itself
             log.error("could not release the lease (%s); it expires within its TTL", exc)
     return ExitCode.LOST if reports.child_started else signal_exit_code(signum)
 
@@ -159,7 +159,7 @@ def _worker_main(settings: Settings, life_r: int, info_w: int) -> int:
     except LeaderrunError as exc:
         log.error("%s", exc.message)
         return exc.exit_code
-    except Exception:
+    except Exception:  # one line for the operator, details at -vv
         log.error("internal error; run with -vv for details", exc_info=settings.verbosity >= 2)
         return 70
     finally:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any, TypeVar, cast
 
 from leaderrun import metrics, process
 from leaderrun.backends import Backend, Candidate, Leadership, backend_class
@@ -34,6 +35,7 @@ from leaderrun.record import candidate_value, parse_value
 from leaderrun.settings import Settings, Timing
 
 log = logging.getLogger("leaderrun")
+T = TypeVar("T")
 
 FORWARDED_SIGNALS = (
     signal.SIGTERM,
@@ -80,6 +82,10 @@ class Stop(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+class StoreSilent(Exception):
+    """The store did not answer a request before the term's safety deadline."""
 
 
 class Supervisor:
@@ -267,9 +273,11 @@ class Supervisor:
         )
         self.report({"event": "lease", "handle": dict(backend.release_handle() or {})})
         try:
-            if self._ran_recently(backend):
+            if self._ran_recently(backend, leadership):
                 self.skipped = True
                 return self.settings.skip_exit_code
+            if not self._still_safe_to_start(leadership):
+                return ExitCode.LOST
             started = time.time()
             status = self._run_child(leadership)
             if status == 0 and self.settings.once_per is not None:
@@ -277,6 +285,45 @@ class Supervisor:
             return status
         finally:
             self._release(backend)
+
+    def _still_safe_to_start(self, leadership: Leadership) -> bool:
+        """Between election and spawn the store was asked things; lead only if nothing was lost
+        meanwhile and there is time left before the child would have to be stopped again."""
+        timing = self._timing(leadership)
+        if leadership.lost.is_set():
+            reason = leadership.lost_reason
+        elif time.monotonic() >= timing.stop_at(leadership.clock.deadline()):
+            reason = "the lease is at risk (renewals failing)"
+        else:
+            return True
+        log.warning(
+            "leadership lost before the child started: %s; not starting it",
+            reason,
+            extra=event("lost", token=leadership.token),
+        )
+        return False
+
+    def _ask_store(self, leadership: Leadership, call: Callable[[], T]) -> T:
+        """A store request the term depends on, bounded by when the child would have to be
+        stopped: a store that stops answering must not hold the term (or a child) past that."""
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = call()
+            except Exception as exc:  # handed to the caller below
+                box["error"] = exc
+
+        worker = threading.Thread(target=target, name="store-request", daemon=True)
+        worker.start()
+        timing = self._timing(leadership)
+        worker.join(max(0.0, timing.stop_at(leadership.clock.deadline()) - time.monotonic()))
+        if worker.is_alive():
+            leadership.lose("the store did not answer while the term was starting")
+            raise StoreSilent()
+        if "error" in box:
+            raise box["error"]
+        return cast(T, box["value"])
 
     def _run_child(self, leadership: Leadership) -> int:
         child = process.spawn(
@@ -300,7 +347,16 @@ class Supervisor:
         return status
 
     def _announce(self, leadership: Leadership, child_pid: int) -> None:
-        """Show operators (`status`) the child's pid and since when we lead."""
+        """Show operators (`status`) the child's pid and since when we lead.
+
+        Cosmetic, so it runs on its own thread: the supervision loop (and its deadline) must
+        start at once, whatever the store does with this request.
+        """
+        threading.Thread(
+            target=self._send_announcement, args=(leadership, child_pid), daemon=True
+        ).start()
+
+    def _send_announcement(self, leadership: Leadership, child_pid: int) -> None:
         value = candidate_value(
             self.settings.identity,
             self.settings.command[0],
@@ -448,11 +504,17 @@ class Supervisor:
 
     # -- --once-per ---------------------------------------------------------------------------
 
-    def _ran_recently(self, backend: Backend) -> bool:
+    def _ran_recently(self, backend: Backend, leadership: Leadership) -> bool:
         """True when a successful run of this election started less than --once-per ago."""
         if self.settings.once_per is None:
             return False
-        raw = backend.last_run()
+        try:
+            raw = self._ask_store(leadership, backend.last_run)
+        except StoreSilent:
+            return False  # leadership is now lost: `_still_safe_to_start` refuses the term
+        except Exception as exc:  # not knowing the record must not mean running
+            leadership.lose(f"could not read the last-run record ({exc or type(exc).__name__})")
+            return False
         document = parse_value(raw) if raw is not None else None
         if raw is not None and document is None:
             log.warning("ignoring a last-run record that leaderrun did not write: %r", raw[:60])
@@ -479,7 +541,12 @@ class Supervisor:
             "start": started,
             "end": time.time(),
         }
-        if not backend.record_run(leadership, json.dumps(record).encode()):
+        try:
+            written = backend.record_run(leadership, json.dumps(record).encode())
+        except Exception as exc:  # the run happened; say so, then release
+            written = False
+            log.warning("could not write the last-run record: %s", exc or type(exc).__name__)
+        if not written:
             log.warning(
                 "could not record the successful run: leadership was lost before it was written",
                 extra=event("record_failed"),

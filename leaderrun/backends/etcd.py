@@ -228,6 +228,7 @@ class EtcdBackend(Backend):
         granted = float(lease.ttl)
         if granted != requested:
             log.info("etcd granted a TTL of %gs (asked %ds)", granted, requested)
+            self.settings.timing.with_granted_ttl(granted).check("TTL etcd granted")
         self.lease_id = lease.id
         self.lease_gone = threading.Event()
         self.clock = LeaseClock(ttl=granted, last_ack=sent, election=self.settings.election)
@@ -430,7 +431,7 @@ class EtcdBackend(Backend):
     # -- last-run record ------------------------------------------------------------------------
 
     def last_run(self) -> bytes | None:
-        value, _ = self._retry(lambda: self.client.get(self.settings.election_path))
+        value, _ = self._retry(lambda: self.client.get(self.settings.election_path), attempts=8)
         return bytes(value) if value is not None else None
 
     def record_run(self, leadership: Leadership, record: bytes) -> bool:
@@ -440,7 +441,8 @@ class EtcdBackend(Backend):
                 compare=[txn.create(leadership.key) == leadership.token],
                 success=[txn.put(self.settings.election_path, record)],
                 failure=[],
-            )
+            ),
+            attempts=8,
         )
         return bool(succeeded)
 
