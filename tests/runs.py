@@ -1,12 +1,14 @@
-"""Running `leaderrun` under test: start it against a store, wait for it, small shell jobs."""
+"""Running `leaderrun` under test: start it against a store, wait for it, ask it for `status`
+and `step-down`, small shell jobs. Backend-neutral: nothing here knows etcd from ZooKeeper."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
-from helpers import LEADERRUN_CMD, ProcessRegistry, TrackedPopen, wait_for
+from helpers import LEADERRUN_CMD, ProcessRegistry, TrackedPopen, clean_env, wait_for
 
 
 class HasBackendURL(Protocol):
@@ -14,6 +16,12 @@ class HasBackendURL(Protocol):
 
     @property
     def backend_url(self) -> str: ...
+
+
+class URL(NamedTuple):
+    """Just a --backend URL, e.g. one where no server listens."""
+
+    backend_url: str
 
 
 def alive(pid: int) -> bool:
@@ -32,10 +40,19 @@ def start(
     *command: str,
     opts: tuple[str, ...] = (),
     name: str | None = None,
+    env: dict[str, str] | None = None,
+    verbose: int = 1,
 ) -> TrackedPopen:
-    """`leaderrun -v --backend <store> -e <election> OPTS -- COMMAND` as a tracked process."""
-    argv = [*LEADERRUN_CMD, "--backend", store.backend_url, "-e", election, "-v", *opts]
-    return processes.start([*argv, "--", *command], name=name)
+    """`leaderrun --backend <store> -e <election> [-v...] OPTS -- COMMAND` as a tracked process.
+
+    `verbose` is the number of `-v` flags. The default 1 logs every state change, which the
+    tests read ("waiting behind ...") and which explains a failure; pass 0 to see leaderrun's
+    default quiet output, or to let `LEADERRUN_VERBOSE` in `env` decide (a flag would win).
+    `env` is added to the clean test environment (`helpers.clean_env`).
+    """
+    flags = ("-" + "v" * verbose,) if verbose > 0 else ()
+    argv = [*LEADERRUN_CMD, "--backend", store.backend_url, "-e", election, *flags, *opts]
+    return processes.start([*argv, "--", *command], name=name, env=clean_env(env))
 
 
 def wait_exit(proc: TrackedPopen, timeout: float = 30) -> int:
@@ -49,9 +66,13 @@ def sh(script: str) -> tuple[str, ...]:
     return ("sh", "-c", script)
 
 
-def long_job(tmp_path: Path, ignore_term: bool = True) -> tuple[tuple[str, ...], Path, Path]:
-    """A child that writes its pid and runs until `done` exists (ignoring SIGTERM if asked)."""
-    pid_file, done = tmp_path / "pid", tmp_path / "done"
+def long_job(
+    tmp_path: Path, ignore_term: bool = True, name: str = ""
+) -> tuple[tuple[str, ...], Path, Path]:
+    """A child that writes its pid and runs until `done` exists (ignoring SIGTERM if asked).
+    Returns (job, pid file, done file); `name` keeps several jobs' files apart."""
+    suffix = f"-{name}" if name else ""
+    pid_file, done = tmp_path / f"pid{suffix}", tmp_path / f"done{suffix}"
     trap = "trap '' TERM; " if ignore_term else ""
     job = sh(f"{trap}echo $$ > {pid_file}; while [ ! -e {done} ]; do sleep 0.05; done")
     return job, pid_file, done
@@ -61,3 +82,39 @@ def child_pid(pid_file: Path, timeout: float = 20) -> int:
     """The pid the child wrote, once it did."""
     wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout, message="child")
     return int(pid_file.read_text())
+
+
+def operator(store: HasBackendURL, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`leaderrun status|step-down --backend <store> ARGS`, output captured as text."""
+    argv = [*LEADERRUN_CMD, command, "--backend", store.backend_url, *args]
+    return subprocess.run(
+        argv, env=clean_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def status(store: HasBackendURL, election: str | None = None, *opts: str) -> tuple[int, Any]:
+    """`leaderrun status --json`: its exit code and parsed document (None if not JSON)."""
+    done = operator(store, "status", "--json", *opts, *([election] if election else []))
+    try:
+        return done.returncode, json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return done.returncode, None
+
+
+def election_view(store: HasBackendURL, election: str) -> dict[str, Any]:
+    """The `status --json` entry of one election (which exists, with or without a leader)."""
+    code, document = status(store, election)
+    assert code in (0, 3), f"status failed with {code}"
+    view: dict[str, Any] = document["elections"][0]
+    return view
+
+
+def queue_ids(store: HasBackendURL, election: str) -> list[str]:
+    """Identities in the queue, leader first."""
+    view = election_view(store, election)
+    members = ([view["leader"]] if view["leader"] else []) + view["waiting"]
+    return [m["id"] for m in members]
+
+
+def queued(store: HasBackendURL, election: str, count: int) -> bool:
+    return len(queue_ids(store, election)) >= count

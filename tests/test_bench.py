@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ProcessRegistry, wait_for
-from runner import Store, alive, queued, sh, start_run, wait_exit
+from runs import HasBackendURL, alive, queued, sh, start, wait_exit
 from servers import EtcdCluster
 
 pytestmark = pytest.mark.bench
@@ -31,16 +31,16 @@ def report(title: str, samples: list[float], unit: str = "ms") -> None:
 
 
 def handover(
-    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path, kill: bool
+    store: HasBackendURL, election: str, processes: ProcessRegistry, tmp_path: Path, kill: bool
 ) -> float:
     """Seconds from signalling the leader's leaderrun to the next leader's child running."""
     ready, started = tmp_path / "ready", tmp_path / "started"
     for path in (ready, started):
         path.unlink(missing_ok=True)
     first = sh(f"trap 'exit 0' TERM; touch {ready}; while :; do sleep 0.05; done")
-    a = start_run(processes, store, election, *first, opts=("--ttl", "10s"))
+    a = start(processes, store, election, *first, opts=("--ttl", "10s"))
     wait_for(ready.exists, 15)
-    b = start_run(processes, store, election, "touch", str(started))
+    b = start(processes, store, election, "touch", str(started))
     wait_for(lambda: queued(store, election, 2), 15)
     sent = time.monotonic()
     a.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
@@ -73,7 +73,7 @@ def test_bench_freeze_margin_etcd(
         pid_file = tmp_path / f"pid{n}"
         job = sh(f"trap '' TERM; echo $$ > {pid_file}; while :; do sleep 0.05; done")
         opts = ("--ttl", f"{ttl:g}s", "--kill-grace", "1s", "--renew-interval", "1s")
-        proc = start_run(processes, etcd_private, f"{election}-{n}", *job, opts=opts)
+        proc = start(processes, etcd_private, f"{election}-{n}", *job, opts=opts)
         wait_for(lambda p=pid_file: p.exists() and p.read_text().strip(), 15)
         child = int(pid_file.read_text())
         member = etcd_private.members[0]

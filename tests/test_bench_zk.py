@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ProcessRegistry, wait_for
-from runner import alive, sh, start_run, wait_exit
+from runs import alive, sh, start, wait_exit
 from servers import ZkEnsemble
 from test_bench import ROUNDS, handover, report
 
@@ -37,7 +37,7 @@ def test_bench_freeze_margin_zk(
         pid_file = tmp_path / f"pid{n}"
         job = sh(f"trap '' TERM; echo $$ > {pid_file}; while :; do sleep 0.05; done")
         opts = ("--ttl", f"{ttl:g}s", "--kill-grace", "1s", "--renew-interval", "1s")
-        proc = start_run(processes, zk_private, f"{election}-{n}", *job, opts=opts)
+        proc = start(processes, zk_private, f"{election}-{n}", *job, opts=opts)
         wait_for(lambda p=pid_file: p.exists() and p.read_text().strip(), 15)
         child = int(pid_file.read_text())
         member = zk_private.members[0]

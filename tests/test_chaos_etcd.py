@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ProcessRegistry, wait_for
-from runner import alive, sh, start_run, wait_exit
+from runs import alive, sh, start, wait_exit
 from servers import EtcdCluster
 
 pytestmark = pytest.mark.chaos
@@ -20,7 +20,7 @@ def test_rolling_restart_of_every_member_keeps_the_child(
     dies at some point: the client must fail over and the child must never be stopped."""
     pid_file, done = tmp_path / "pid", tmp_path / "done"
     job = sh(f"echo $$ > {pid_file}; while [ ! -e {done} ]; do sleep 0.05; done")
-    proc = start_run(processes, etcd_cluster3, election, *job, opts=("--ttl", "10s", "-vv"))
+    proc = start(processes, etcd_cluster3, election, *job, opts=("--ttl", "10s"), verbose=2)
     wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20)
     child = int(pid_file.read_text())
     for member in etcd_cluster3.members:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ProcessRegistry, wait_for
-from runner import alive, sh, start_run, wait_exit
+from runs import alive, sh, start, wait_exit
 from servers import ZkEnsemble
 
 pytestmark = pytest.mark.chaos
@@ -21,7 +21,7 @@ def test_rolling_restart_of_every_zk_server_keeps_the_child(
     clients until a new leader is elected): the session and the child must survive."""
     pid_file, done = tmp_path / "pid", tmp_path / "done"
     job = sh(f"echo $$ > {pid_file}; while [ ! -e {done} ]; do sleep 0.05; done")
-    proc = start_run(processes, zk_ensemble3, election, *job, opts=("--ttl", "10s", "-vv"))
+    proc = start(processes, zk_ensemble3, election, *job, opts=("--ttl", "10s"), verbose=2)
     wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20)
     child = int(pid_file.read_text())
     for member in zk_ensemble3.members:

@@ -12,27 +12,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, descendants, wait_for
-from runs import alive, child_pid, long_job, sh, start, wait_exit
+from helpers import LEADERRUN_CMD, ProcessRegistry, descendants, wait_for
+from runs import alive, child_pid, long_job, operator, sh, start, wait_exit
 from servers import free_port
 from stores import Store
 
 #: The largest time from the old leader's exit (SIGTERM) or death (SIGKILL) to the next
 #: child's start that still proves a release: with a 60 s TTL, expiry cannot explain it.
 HANDOVER_BOUND = 2.0
-
-
-def operator(store: Store, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `leaderrun status|step-down ...` against the store; text output captured."""
-    argv = [*LEADERRUN_CMD, args[0], "--backend", store.backend_url, *args[1:]]
-    return subprocess.run(
-        argv, env=clean_env(), capture_output=True, text=True, timeout=30, check=False
-    )
 
 
 # -- election order -----------------------------------------------------------------------------

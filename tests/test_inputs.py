@@ -13,7 +13,7 @@ import pytest
 from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from runner import start_run, status, wait_exit
+from runs import start, status, wait_exit
 from servers import EtcdCluster
 
 from leaderrun.errors import UsageError
@@ -175,7 +175,7 @@ def test_waits_behind_a_foreign_candidate_and_runs_after_it_goes(
     code, document = status(etcd, election)
     assert code == 0 and document["elections"][0]["leader"]["foreign"] is True
     ran = tmp_path / "ran"
-    proc = start_run(processes, etcd, election, "touch", str(ran), opts=("-v",))
+    proc = start(processes, etcd, election, "touch", str(ran))
     wait_for(lambda: "waiting behind <foreign value" in proc.read_stderr(), 15)
     etcd.etcdctl("lease", "revoke", lease)
     assert wait_exit(proc) == 0
@@ -187,7 +187,7 @@ def test_foreign_last_run_record_is_ignored_with_a_warning(
 ) -> None:
     etcd.etcdctl("put", f"/leaderrun/{election}", json.dumps(["not", "ours"]))
     ran = tmp_path / "ran"
-    proc = start_run(processes, etcd, election, "touch", str(ran), opts=("--once-per", "1h"))
+    proc = start(processes, etcd, election, "touch", str(ran), opts=("--once-per", "1h"))
     assert wait_exit(proc) == 0
     assert ran.exists()
     assert "did not write" in proc.read_stderr()

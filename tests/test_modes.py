@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, wait_for
-from runner import alive, queue_ids, queued, sh, start_run, status, wait_exit
+from runs import alive, queue_ids, queued, sh, start, status, wait_exit
 from servers import EtcdCluster
 
 
@@ -35,8 +35,8 @@ def test_no_wait_once_per_two_cron_waves_run_the_job_once(
     opts = ("--no-wait", "--once-per", "30s")
     for wave in range(2):
         procs = [
-            start_run(processes, etcd, election, *job, opts=(*opts, "--id", f"h{n}"),
-                      name=f"w{wave}h{n}")
+            start(processes, etcd, election, *job, opts=(*opts, "--id", f"h{n}"),
+                  name=f"w{wave}h{n}", verbose=0)
             for n in range(3)
         ]  # fmt: skip
         assert [wait_exit(p) for p in procs] == [0, 0, 0]
@@ -51,11 +51,11 @@ def test_once_per_does_not_record_a_failed_run(
 ) -> None:
     journal = tmp_path / "journal"
     opts = ("--once-per", "1h")
-    failing = start_run(processes, etcd, election, *sh(f"echo x >> {journal}; exit 1"), opts=opts)
+    failing = start(processes, etcd, election, *sh(f"echo x >> {journal}; exit 1"), opts=opts)
     assert wait_exit(failing) == 1
-    again = start_run(processes, etcd, election, *sh(f"echo x >> {journal}"), opts=opts)
+    again = start(processes, etcd, election, *sh(f"echo x >> {journal}"), opts=opts)
     assert wait_exit(again) == 0
-    third = start_run(processes, etcd, election, *sh(f"echo x >> {journal}"), opts=opts)
+    third = start(processes, etcd, election, *sh(f"echo x >> {journal}"), opts=opts)
     assert wait_exit(third) == 0
     assert journal.read_text().split() == ["x", "x"]
 
@@ -64,11 +64,11 @@ def test_no_wait_loser_exits_with_skip_code_silently(
     etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
     job, release = hold(tmp_path)
-    leader = start_run(processes, etcd, election, *job, opts=("--id", "leader"))
+    leader = start(processes, etcd, election, *job, opts=("--id", "leader"))
     wait_for(lambda: queued(etcd, election, 1), 15)
-    loser = start_run(
+    loser = start(
         processes, etcd, election, "touch", str(tmp_path / "ran"),
-        opts=("--no-wait", "--skip-exit-code", "9"),
+        opts=("--no-wait", "--skip-exit-code", "9"), verbose=0,
     )  # fmt: skip
     assert wait_exit(loser) == 9
     assert loser.output() == ("", "")
@@ -82,12 +82,12 @@ def test_wait_timeout_gives_up_and_withdraws(
     etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
     job, release = hold(tmp_path)
-    leader = start_run(processes, etcd, election, *job, opts=("--id", "leader"))
+    leader = start(processes, etcd, election, *job, opts=("--id", "leader"))
     wait_for(lambda: queued(etcd, election, 1), 15)
     started = time.monotonic()
-    waiter = start_run(
+    waiter = start(
         processes, etcd, election, "touch", str(tmp_path / "ran"),
-        opts=("--wait-timeout", "1s", "--skip-exit-code", "4"),
+        opts=("--wait-timeout", "1s", "--skip-exit-code", "4"), verbose=0,
     )  # fmt: skip
     assert wait_exit(waiter) == 4
     assert time.monotonic() - started >= 1.0
@@ -100,7 +100,7 @@ def test_wait_timeout_gives_up_and_withdraws(
 def test_wait_timeout_runs_when_elected_in_time(
     etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
-    proc = start_run(processes, etcd, election, "true", opts=("--wait-timeout", "30s"))
+    proc = start(processes, etcd, election, "true", opts=("--wait-timeout", "30s"))
     assert wait_exit(proc) == 0
 
 
@@ -114,9 +114,7 @@ def test_forever_reruns_the_child_and_exits_0_on_sigterm(
     pids = tmp_path / "pids"
     job = sh(f"echo $$ >> {pids}; echo run >> {journal}; "
              f'if [ "$(wc -l < {journal})" -ge 2 ]; then exec sleep 1000; fi')  # fmt: skip
-    proc = start_run(
-        processes, etcd, election, *job, opts=("--forever", "--restart-delay", "100ms")
-    )
+    proc = start(processes, etcd, election, *job, opts=("--forever", "--restart-delay", "100ms"))
     wait_for(lambda: journal.exists() and len(journal.read_text().split()) >= 2, 20)
     proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc) == 0
@@ -128,9 +126,9 @@ def test_forever_sigterm_while_waiting_exits_0(
     etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
     job, release = hold(tmp_path)
-    leader = start_run(processes, etcd, election, *job, opts=("--id", "leader"))
+    leader = start(processes, etcd, election, *job, opts=("--id", "leader"))
     wait_for(lambda: queued(etcd, election, 1), 15)
-    waiter = start_run(processes, etcd, election, "true", opts=("--forever", "--id", "w"))
+    waiter = start(processes, etcd, election, "true", opts=("--forever", "--id", "w"))
     wait_for(lambda: queued(etcd, election, 2), 15)
     waiter.send_signal(signal.SIGTERM)
     assert wait_exit(waiter) == 0
@@ -148,7 +146,7 @@ def test_forever_survives_a_backend_outage(
     pids = tmp_path / "pids"
     job = sh(f"echo $$ >> {pids}; exec sleep 1000")
     opts = ("--forever", "--ttl", "4s", "--kill-grace", "1s", "--connect-timeout", "2s")
-    proc = start_run(processes, etcd_private, election, *job, opts=opts)
+    proc = start(processes, etcd_private, election, *job, opts=opts)
     wait_for(lambda: pids.exists() and pids.read_text().split(), 15)
     first = int(pids.read_text().split()[0])
     member = etcd_private.members[0]
@@ -197,7 +195,7 @@ def test_sd_notify_ready_and_status_on_a_real_socket(
     job, release = hold(tmp_path)
     job = sh(f"env > {env_file}; " + job[2])
     env = {"NOTIFY_SOCKET": notify_socket.getsockname()}
-    leader = start_run(processes, etcd, election, *job, opts=("--id", "lead"), env=env)
+    leader = start(processes, etcd, election, *job, opts=("--id", "lead"), env=env)
     messages = receive_until(notify_socket, "leader, child pid")
     assert messages[0].split("\n") == ["READY=1", "STATUS=campaigning"]
     token = status(etcd, election)[1]["elections"][0]["leader"]["token"]
@@ -206,7 +204,7 @@ def test_sd_notify_ready_and_status_on_a_real_socket(
     wait_for(env_file.exists, 10)
     assert "NOTIFY_SOCKET" not in env_file.read_text()
 
-    waiter = start_run(processes, etcd, election, "true", opts=("--id", "second"), env=env)
+    waiter = start(processes, etcd, election, "true", opts=("--id", "second"), env=env)
     assert "STATUS=waiting behind lead" in receive_until(notify_socket, "waiting behind")
     release.touch()
     assert wait_exit(leader) == 0 and wait_exit(waiter) == 0
@@ -265,8 +263,8 @@ def test_bad_config_file_is_a_one_line_usage_error(
 def test_verbose_env_takes_a_count(
     etcd: EtcdCluster, election: str, processes: ProcessRegistry
 ) -> None:
-    quiet = start_run(processes, etcd, election, "true", env={"LEADERRUN_VERBOSE": "0"})
-    loud = start_run(processes, etcd, election, "true", env={"LEADERRUN_VERBOSE": "1"})
+    quiet = start(processes, etcd, election, "true", env={"LEADERRUN_VERBOSE": "0"}, verbose=0)
+    loud = start(processes, etcd, election, "true", env={"LEADERRUN_VERBOSE": "1"}, verbose=0)
     assert wait_exit(quiet) == 0 and wait_exit(loud) == 0
     assert quiet.read_stderr() == ""
     assert "elected leader" in loud.read_stderr()
@@ -278,9 +276,9 @@ def test_verbose_env_takes_a_count(
 def test_json_log_format_one_object_per_line_with_the_facts(
     etcd: EtcdCluster, election: str, processes: ProcessRegistry
 ) -> None:
-    proc = start_run(
+    proc = start(
         processes, etcd, election, "sh", "-c", "exit 5",
-        opts=("-v", "--log-format", "json", "--id", "jay"),
+        opts=("--log-format", "json", "--id", "jay"),
     )  # fmt: skip
     assert wait_exit(proc) == 5
     lines = [json.loads(line) for line in proc.read_stderr().splitlines()]
@@ -297,8 +295,8 @@ def test_foreign_store_url_env_is_not_leaked_to_child(
     etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
     env_file = tmp_path / "env"
-    proc = start_run(processes, etcd, election, *sh(f"env > {env_file}"),
-                     env={"LEADERRUN_PASSWORD": "hunter2"})  # fmt: skip
+    proc = start(processes, etcd, election, *sh(f"env > {env_file}"),
+                 env={"LEADERRUN_PASSWORD": "hunter2"})  # fmt: skip
     assert wait_exit(proc) == 0
     assert "hunter2" not in env_file.read_text()
     assert os.environ.get("LEADERRUN_PASSWORD") is None

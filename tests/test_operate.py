@@ -7,7 +7,7 @@ import urllib.request
 from pathlib import Path
 
 from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, wait_for
-from runner import alive, election_view, queued, sh, start_run, status, wait_exit
+from runs import alive, election_view, queued, sh, start, status, wait_exit
 from servers import EtcdCluster, free_port
 
 
@@ -30,7 +30,7 @@ def test_status_json_shows_leader_and_waiters_in_order(
     job, release, pid_file = hold(tmp_path, "a")
     procs = []
     for n, ident in enumerate(["node-a", "node-b", "node-c"], start=1):
-        procs.append(start_run(processes, etcd, election, *job, opts=("--id", ident)))
+        procs.append(start(processes, etcd, election, *job, opts=("--id", ident)))
         wait_for(lambda n=n: queued(etcd, election, n), 15)
     wait_for(pid_file.exists, 15)
 
@@ -93,9 +93,9 @@ def test_step_down_moves_leadership_and_stops_the_old_child(
 ) -> None:
     job_a, _, pid_a = hold(tmp_path, "a")
     job_b, release_b, pid_b = hold(tmp_path, "b")
-    a = start_run(processes, etcd, election, *job_a, opts=("--id", "node-a"))
+    a = start(processes, etcd, election, *job_a, opts=("--id", "node-a"))
     wait_for(pid_a.exists, 15)
-    b = start_run(processes, etcd, election, *job_b, opts=("--id", "node-b"))
+    b = start(processes, etcd, election, *job_b, opts=("--id", "node-b"))
     wait_for(lambda: queued(etcd, election, 2), 15)
 
     done = operator("step-down", "--backend", etcd.backend_url, "--wait", election)
@@ -114,10 +114,10 @@ def test_step_down_under_forever_rejoins_the_back_of_the_queue(
 ) -> None:
     job_a, release_a, pid_a = hold(tmp_path, "a")
     forever = ("--id", "node-a", "--forever", "--restart-delay", "100ms")
-    a = start_run(processes, etcd, election, *job_a, opts=forever)
+    a = start(processes, etcd, election, *job_a, opts=forever)
     wait_for(pid_a.exists, 15)
     job_b, release_b, pid_b = hold(tmp_path, "b")
-    b = start_run(processes, etcd, election, *job_b, opts=("--id", "node-b"))
+    b = start(processes, etcd, election, *job_b, opts=("--id", "node-b"))
     wait_for(lambda: queued(etcd, election, 2), 15)
     assert operator("step-down", "--backend", etcd.backend_url, election).returncode == 0
     wait_for(pid_b.exists, 15)
@@ -154,11 +154,11 @@ def test_metrics_show_leader_waiter_and_renewals(
     job, release, pid_file = hold(tmp_path, "a")
     ports = free_port(), free_port()
     opts = ("--ttl", "4s", "--kill-grace", "1s", "--renew-interval", "200ms")
-    leader = start_run(processes, etcd, election, *job,
-                       opts=(*opts, "--metrics-addr", f"127.0.0.1:{ports[0]}"))  # fmt: skip
+    leader = start(processes, etcd, election, *job,
+                   opts=(*opts, "--metrics-addr", f"127.0.0.1:{ports[0]}"))  # fmt: skip
     wait_for(pid_file.exists, 15)
-    waiter = start_run(processes, etcd, election, "true",
-                       opts=(*opts, "--metrics-addr", f"127.0.0.1:{ports[1]}"))  # fmt: skip
+    waiter = start(processes, etcd, election, "true",
+                   opts=(*opts, "--metrics-addr", f"127.0.0.1:{ports[1]}"))  # fmt: skip
     wait_for(lambda: queued(etcd, election, 2), 15)
 
     def renewals() -> float:
@@ -185,8 +185,8 @@ def test_metrics_addr_in_use_is_a_usage_error(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = start_run(processes, etcd, election, "true",
-                         opts=("--metrics-addr", f"127.0.0.1:{port}"))  # fmt: skip
+        proc = start(processes, etcd, election, "true",
+                     opts=("--metrics-addr", f"127.0.0.1:{port}"), verbose=0)  # fmt: skip
         assert wait_exit(proc) == 2
     err = proc.read_stderr()
     assert "--metrics-addr" in err and len(err.strip().splitlines()) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from certs import PKI, make_pki
 from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, wait_for
-from runner import sh, start_run, wait_exit
+from runs import sh, start, wait_exit
 from servers import EtcdCluster, free_port
 
 PASSWORD = "pw-Zq8-not-in-logs"
@@ -239,7 +239,7 @@ def test_status_with_read_only_user_shows_no_secret(
 ) -> None:  # fmt: skip
     release = tmp_path / "release"
     creds = ("--user", "app", "--password-file", str(password_file))
-    leader = start_run(
+    leader = start(
         processes, etcd_auth.cluster, election,
         *sh(f"while [ ! -e {release} ]; do sleep 0.05; done"),
         opts=(*creds, "--metrics-addr", f"127.0.0.1:{(port := free_port())}"),
