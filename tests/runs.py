@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from helpers import LEADERRUN_CMD, ProcessRegistry, TrackedPopen, clean_env, wait_for
+from stores import Store
 
 
 class HasBackendURL(Protocol):
@@ -101,20 +102,14 @@ def status(store: HasBackendURL, election: str | None = None, *opts: str) -> tup
         return done.returncode, None
 
 
+def queue_ids(store: Store, election: str) -> list[str]:
+    """Identities in the queue as the store holds it, leader first."""
+    return [c.identity for c in store.candidates(election)]
+
+
 def election_view(store: HasBackendURL, election: str) -> dict[str, Any]:
     """The `status --json` entry of one election (which exists, with or without a leader)."""
     code, document = status(store, election)
     assert code in (0, 3), f"status failed with {code}"
     view: dict[str, Any] = document["elections"][0]
     return view
-
-
-def queue_ids(store: HasBackendURL, election: str) -> list[str]:
-    """Identities in the queue, leader first."""
-    view = election_view(store, election)
-    members = ([view["leader"]] if view["leader"] else []) + view["waiting"]
-    return [m["id"] for m in members]
-
-
-def queued(store: HasBackendURL, election: str, count: int) -> bool:
-    return len(queue_ids(store, election)) >= count

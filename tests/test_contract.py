@@ -1,5 +1,7 @@
 """The behaviour contract (SPEC §3-§7) of `leaderrun run`, `status` and `step-down`, proven on
-every backend: each test runs once on etcd and once on ZooKeeper (the `store` fixture).
+every backend: each test runs once on etcd and once on ZooKeeper (the `store` fixture). The
+timing rule under server faults is proven the same way in test_faults.py; the other
+backend-neutral files (test_modes.py, test_operate.py, test_chaos.py) run on both too.
 
 Every test runs leaderrun as a real subprocess (`python -m leaderrun`) against a real server
 started by the fixtures, and waits on observable events (files the child writes, candidates
@@ -11,13 +13,26 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import LEADERRUN_CMD, ProcessRegistry, descendants, wait_for
-from runs import alive, child_pid, long_job, operator, sh, start, wait_exit
+from runs import (
+    URL,
+    alive,
+    child_pid,
+    long_job,
+    operator,
+    queue_ids,
+    sh,
+    start,
+    status,
+    wait_exit,
+)
 from servers import free_port
 from stores import Store
 
@@ -101,11 +116,8 @@ def test_child_env_and_token_is_the_leaders_token_in_the_store(
         f"env > {env_file}.tmp; mv {env_file}.tmp {env_file}; "
         f"while [ ! -e {go} ]; do sleep 0.02; done"
     )
-    argv = [*LEADERRUN_CMD, "--backend", store.backend_url, "-e", election, "--id", "node-x"]
-    proc = processes.start(
-        [*argv, "--", *job],
-        env={**os.environ, "NOTIFY_SOCKET": "/nonexistent", "LEADERRUN_PASSWORD": "s3cret"},
-    )
+    hidden = {"NOTIFY_SOCKET": "/nonexistent", "LEADERRUN_PASSWORD": "s3cret"}
+    proc = start(processes, store, election, *job, opts=("--id", "node-x"), env=hidden)
     wait_for(env_file.exists, 15, message="child environment written")
     (leader,) = store.candidates(election)
     go.touch()
@@ -119,7 +131,7 @@ def test_child_env_and_token_is_the_leaders_token_in_the_store(
     assert env["LEADERRUN_BACKEND"] == store.backend_url
     assert env["LEADERRUN_LEASE_TTL"] == "10"
     assert "NOTIFY_SOCKET" not in env
-    assert "LEADERRUN_PASSWORD" not in env
+    assert "LEADERRUN_PASSWORD" not in env and "s3cret" not in env_file.read_text()
     assert store.candidates(election) == []
 
 
@@ -351,69 +363,82 @@ def test_deleting_leader_key_stops_child_with_exit_75(
 def test_status_shows_leader_then_waiters_in_queue_order(
     store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
+    """JSON and plain text, one election and all of them; exit 3 (no leader) before anyone
+    campaigned and again once everyone is done."""
+    code, document = status(store, election)
+    assert code == 3 and document["elections"][0]["leader"] is None
+
     job, pid_file, done = long_job(tmp_path, ignore_term=False)
-    a = start(processes, store, election, *job, opts=("--id", "a"), name="a")
+    procs = []
+    for n, ident in enumerate(["node-a", "node-b", "node-c"], start=1):
+        procs.append(start(processes, store, election, *job, opts=("--id", ident), name=ident))
+        wait_for(lambda n=n: store.queued(election, n), 15, message=f"{n} candidates queued")
     pid = child_pid(pid_file)
-    b = start(processes, store, election, "true", opts=("--id", "b"), name="b")
-    wait_for(lambda: store.queued(election, 2), 15)
 
-    def leader_shows_child() -> dict[str, object] | None:
-        result = operator(store, "status", "--json", election)
-        assert result.returncode == 0, result.stderr
-        (shown,) = json.loads(result.stdout)["elections"]
-        return shown if shown["leader"]["child_pid"] == pid else None
+    def leader_shows_child() -> dict[str, Any] | None:
+        code, document = status(store, election)
+        assert code == 0, document
+        return document if document["elections"][0]["leader"]["child_pid"] else None
 
-    shown = wait_for(leader_shows_child, 15, message="status showing the child's pid")
+    document = wait_for(leader_shows_child, 15, message="status showing the child's pid")
     queue = store.candidates(election)
-    assert shown["name"] == election
-    assert shown["leader"]["id"] == "a" and shown["leader"]["token"] == queue[0].token
-    assert [w["id"] for w in shown["waiting"]] == ["b"]  # type: ignore[attr-defined]
-    assert shown["waiting"][0]["token"] == queue[1].token  # type: ignore[index]
-    listed = json.loads(operator(store, "status", "--json").stdout)["elections"]
-    assert election in [e["name"] for e in listed]
+    assert document["schema"] == 1
+    (view,) = document["elections"]
+    leader, waiting = view["leader"], view["waiting"]
+    assert view["name"] == election
+    assert leader["id"] == "node-a" and leader["pid"] == procs[0].pid
+    assert leader["child_pid"] == pid
+    assert leader["leader_since"] is not None and leader["foreign"] is False
+    assert [w["id"] for w in waiting] == ["node-b", "node-c"]
+    assert [w["pid"] for w in waiting] == [procs[1].pid, procs[2].pid]
+    assert [leader["token"], *(w["token"] for w in waiting)] == [c.token for c in queue]
+    assert leader["token"] < waiting[0]["token"] < waiting[1]["token"]
+
+    plain = operator(store, "status", election)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.startswith(f"{election}: node-a (host ")
+    assert "waiting 1: node-b" in plain.stdout and "waiting 2: node-c" in plain.stdout
+
+    code, everything = status(store)
+    assert election in [e["name"] for e in everything["elections"]]
 
     done.touch()
-    assert wait_exit(a) == 0 and wait_exit(b) == 0
-    after = operator(store, "status", "--json", election)
-    assert after.returncode == 3
-    assert json.loads(after.stdout)["elections"][0]["leader"] is None
+    assert [wait_exit(p) for p in procs] == [0, 0, 0]
+    code, document = status(store, election)
+    assert code == 3 and document["elections"][0]["leader"] is None
 
 
 def test_step_down_moves_the_job_to_the_next_candidate(
     store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
-    job, pid_file, _ = long_job(tmp_path, ignore_term=False)
-    ran = tmp_path / "ran"
-    a = start(processes, store, election, *job, opts=("--id", "a"), name="a")
-    pid = child_pid(pid_file)
-    b = start(processes, store, election, "touch", str(ran), opts=("--id", "b"), name="b")
+    """`step-down --wait` names the old and the new leader; the old child is stopped (75);
+    with nobody left, step-down exits 3."""
+    job_a, pid_a, _ = long_job(tmp_path, ignore_term=False, name="a")
+    job_b, pid_b, done_b = long_job(tmp_path, ignore_term=False, name="b")
+    a = start(processes, store, election, *job_a, opts=("--id", "node-a"), name="a")
+    first_child = child_pid(pid_a)
+    b = start(processes, store, election, *job_b, opts=("--id", "node-b"), name="b")
     wait_for(lambda: store.queued(election, 2), 15)
 
-    result = operator(store, "step-down", election)
-    assert result.returncode == 0, result.stderr
-    assert "a" in result.stdout and "stepped down" in result.stdout
+    done = operator(store, "step-down", "--wait", election)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "node-a" in lines[0] and "stepped down" in lines[0]
+    assert "node-b" in lines[-1] and "now leads" in lines[-1]
     assert wait_exit(a) == 75
-    assert not alive(pid)
+    assert not alive(first_child)
     assert "leadership lost" in a.read_stderr()
-    assert wait_exit(b) == 0 and ran.exists()
-    assert operator(store, "step-down", election).returncode == 3  # nobody left to step down
+    child_pid(pid_b)
+    assert queue_ids(store, election) == ["node-b"]
+    done_b.touch()
+    assert wait_exit(b) == 0
+
+    nobody = operator(store, "step-down", election)
+    assert nobody.returncode == 3
+    assert "no leader" in nobody.stderr
 
 
-def test_once_per_skips_a_second_run_and_status_shows_the_record(
-    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
-) -> None:
-    journal = tmp_path / "journal"
-    job = sh(f"echo $LEADERRUN_ID >> {journal}")
-    for ident in ("first", "second"):
-        proc = start(processes, store, election, *job, opts=("--once-per", "1h", "--id", ident))
-        assert wait_exit(proc) == 0
-    assert journal.read_text() == "first\n"
-    assert store.candidates(election) == []
-    shown = json.loads(operator(store, "status", "--json", election).stdout)["elections"][0]
-    assert shown["last_run"]["id"] == "first" and shown["last_run"]["foreign"] is False
-
-
-def test_forever_rejoins_the_end_of_the_queue_after_step_down(
+def test_step_down_under_forever_rejoins_the_back_of_the_queue(
     store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
     journal = tmp_path / "journal"
@@ -426,17 +451,40 @@ def test_forever_rejoins_the_end_of_the_queue_after_step_down(
 
     assert operator(store, "step-down", election).returncode == 0
     wait_for(
-        lambda: [c.identity for c in store.candidates(election)] == ["b", "a"],
+        lambda: queue_ids(store, election) == ["b", "a"],
         15,
         message="b leading, a queued behind it",
     )
     wait_for(lambda: len(journal.read_text().splitlines()) == 2, 15, message="b's child")
     (a_token, b_token) = [int(line.split()[1]) for line in journal.read_text().splitlines()]
     assert b_token > a_token
+    assert a.poll() is None  # still campaigning
     for proc in (a, b):
         proc.send_signal(signal.SIGTERM)
     assert wait_exit(a) == 0 and wait_exit(b) == 0
     assert store.candidates(election) == []
+
+
+def test_once_per_two_cron_waves_run_the_job_once_and_status_shows_the_record(
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    """Three hosts' crons fire together, then again a little later (clock skew): one run.
+    The second wave's leader is skipped by the record, which `status` shows as ours."""
+    journal = tmp_path / "journal"
+    job = sh(f"echo $LEADERRUN_ID >> {journal}")
+    opts = ("--no-wait", "--once-per", "30s")
+    for wave in range(2):
+        procs = [
+            start(processes, store, election, *job, opts=(*opts, "--id", f"h{n}"),
+                  name=f"w{wave}h{n}", verbose=0)
+            for n in range(3)
+        ]  # fmt: skip
+        assert [wait_exit(p) for p in procs] == [0, 0, 0]
+        assert all(p.output() == ("", "") for p in procs), "cron must stay silent"
+    assert len(journal.read_text().split()) == 1
+    assert store.candidates(election) == []
+    last_run = status(store, election)[1]["elections"][0]["last_run"]
+    assert last_run["id"] == journal.read_text().strip() and last_run["foreign"] is False
 
 
 # -- values leaderrun did not write ----------------------------------------------------------------
@@ -457,14 +505,18 @@ def test_status_shows_foreign_values_and_still_counts_a_leader(store: Store, ele
 
 @pytest.mark.parametrize(
     "value",
-    [b"\x00\x01\x02binary", b'{"truncated": ', b'{"id": 5}', b"x" * 1_000_000],
-    ids=["binary", "truncated-json", "id-not-str", "huge"],
+    [b"\x00\x01\x02binary", b'{"truncated": ', b"[1, 2, 3]", b'{"id": 5}', b"x" * 1_000_000],
+    ids=["binary", "truncated-json", "json-list", "id-not-str", "huge"],
 )
 def test_waits_behind_a_foreign_candidate_and_runs_after_it_goes(
     store: Store, election: str, processes: ProcessRegistry, tmp_path: Path, value: bytes
 ) -> None:
+    """`status` counts the foreign candidate as the leader; `run` queues behind it and runs
+    only once it is gone."""
     ran = tmp_path / "ran"
     with store.foreign_candidate(election, value):
+        code, document = status(store, election)
+        assert code == 0 and document["elections"][0]["leader"]["foreign"] is True
         proc = start(processes, store, election, "touch", str(ran))
         wait_for(lambda: "waiting behind <foreign value" in proc.read_stderr(), 15)
         assert not ran.exists()
@@ -485,44 +537,57 @@ def test_foreign_last_run_record_is_ignored_with_a_warning(
 
 # -- bad input -------------------------------------------------------------------------------------
 
+BAD_INPUT: list[tuple[tuple[bytes, ...], str]] = [
+    ((b"--ttl", b"10x"), "--ttl"),
+    ((b"--ttl", b"-1s"), "--ttl"),
+    ((b"--ttl", b"0"), "--ttl"),
+    ((b"--ttl", b"1e309"), "--ttl"),
+    ((b"--kill-grace", b"soon"), "--kill-grace"),
+    ((b"--ttl", b"3s"), "raise --ttl"),
+    ((b"--ttl", b"10s", b"--renew-interval", b"8s"), "--renew-interval"),
+    ((b"--backend", b"http://127.0.0.1:2379"), "no backend for scheme"),
+    ((b"--backend", b"{scheme}://127.0.0.1:65536"), "--backend"),
+    ((b"--backend", b"{scheme}://user:pw@127.0.0.1:2379"), "--password-file"),
+    ((b"--backend", b"127.0.0.1:2379"), "not a URL"),
+    ((b"-e", b"a/b"), "--election"),
+    ((b"-e", b"x" * 129), "--election"),
+    ((b"-e", b"bad\xffname"), "--election"),
+    ((b"--id", b"two\nlines"), "--id"),
+    ((b"--id", b"x" * 300), "--id"),
+    ((b"--id", b"\xff\xfe"), "--id"),
+    ((b"--prefix", b"leaderrun"), "--prefix"),
+    ((b"--no-such-option",), "No such option"),
+]
+
+
+def _case_id(args: tuple[bytes, ...]) -> str:
+    text = b" ".join(args).replace(b"{scheme}", b"S").decode("latin-1")
+    return text[:24].encode("unicode_escape").decode()
+
 
 @pytest.mark.parametrize(
-    ("opts", "needle"),
-    [
-        (("--ttl", "10x"), "--ttl"),
-        (("--ttl", "-1s"), "--ttl"),
-        (("--ttl", "0"), "--ttl"),
-        (("--ttl", "1e309"), "--ttl"),
-        (("--kill-grace", "soon"), "--kill-grace"),
-        (("--ttl", "3s"), "raise --ttl"),
-        (("--ttl", "10s", "--renew-interval", "8s"), "--renew-interval"),
-        (("--backend", "http://127.0.0.1:2379"), "no backend for scheme"),
-        (("--backend", "{scheme}://127.0.0.1:99999"), "--backend"),
-        (("--backend", "{scheme}://user:pw@127.0.0.1:2379"), "--password-file"),
-        (("--backend", "127.0.0.1:2379"), "not a URL"),
-        (("-e", "a/b"), "--election"),
-        (("-e", "x" * 129), "--election"),
-        (("--prefix", "leaderrun"), "--prefix"),
-        (("--no-such-option",), "No such option"),
-    ],
+    ("args", "needle"), BAD_INPUT, ids=[_case_id(args) for args, _ in BAD_INPUT]
 )
-def test_bad_input_is_one_line_and_exit_2(
+def test_bad_input_is_one_line_and_exit_2_and_leaves_nothing(
     store: Store,
     election: str,
     processes: ProcessRegistry,
-    opts: tuple[str, ...],
+    args: tuple[bytes, ...],
     needle: str,
 ) -> None:
-    base = ["--backend", store.backend_url, "-e", election]
-    opts = tuple(opt.format(scheme=store.kind) for opt in opts)
-    proc = processes.start([*LEADERRUN_CMD, *base, *opts, "--", "echo", "never"])
+    prefix = f"/hostile-{secrets.token_hex(3)}"
+    args = tuple(a.replace(b"{scheme}", store.kind.encode()) for a in args)
+    argv = [os.fsencode(a) for a in LEADERRUN_CMD]
+    argv += [b"--backend", store.backend_url.encode(), b"--prefix", prefix.encode()]
+    argv += [b"-e", election.encode(), *args, b"--", b"echo", b"never"]
+    proc = processes.start(argv, name="hostile")  # type: ignore[arg-type]
     assert wait_exit(proc) == 2
     out, err = proc.output()
     assert out == ""
     assert len(err.strip().splitlines()) == 1, err
     assert needle in err and "Traceback" not in err
     assert "pw" not in err
-    assert store.candidates(election) == []
+    assert store.keys_under(prefix) == []
 
 
 def test_command_name_that_is_not_an_election_name_asks_for_election(
@@ -540,13 +605,19 @@ def test_command_name_that_is_not_an_election_name_asks_for_election(
 def test_unreachable_backend_exits_69_after_connect_timeout(
     store: Store, processes: ProcessRegistry, election: str
 ) -> None:
-    url = f"{store.kind}://127.0.0.1:{free_port()}"
+    nowhere = URL(f"{store.kind}://127.0.0.1:{free_port()}")
     started = time.monotonic()
-    proc = processes.start(
-        [*LEADERRUN_CMD, "--backend", url, "--connect-timeout", "1s", "-e", election, "--", "true"]
-    )
+    proc = start(processes, nowhere, election, "true", opts=("--connect-timeout", "1s"), verbose=0)
     assert wait_exit(proc) == 69
     elapsed = time.monotonic() - started
     err = proc.read_stderr()
     assert f"cannot reach {store.product}" in err and len(err.strip().splitlines()) == 1
     assert elapsed >= 1.0  # it really tried for the whole connect timeout
+
+
+def test_status_unreachable_exits_69(store: Store) -> None:
+    nowhere = URL(f"{store.kind}://127.0.0.1:{free_port()}")
+    done = operator(nowhere, "status", "--connect-timeout", "1s")
+    assert done.returncode == 69
+    err = done.stderr
+    assert len(err.strip().splitlines()) == 1 and f"cannot reach {store.product}" in err

@@ -1,20 +1,13 @@
-"""Hostile and malformed input: every parser either accepts or refuses with a one-line usage
-error (property-based), and the CLI never crashes or leaves anything in the store."""
+"""Hostile and malformed input to the parsers: each one either accepts or refuses with a
+one-line usage error (property-based), and no value found in a store crashes them. The CLI
+with the same kinds of input, and foreign values in a real store, are in test_contract.py
+(on every backend)."""
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import subprocess
-from pathlib import Path
-
 import pytest
-from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from runs import start, status, wait_exit
-from servers import EtcdCluster
 
 from leaderrun.errors import UsageError
 from leaderrun.record import identity_of, parse_value
@@ -112,82 +105,3 @@ def test_store_values_never_crash_the_parsers(value: bytes) -> None:
     document = parse_value(value)
     assert document is None or isinstance(document["id"], str)
     assert isinstance(identity_of(value), str)
-
-
-# -- the CLI with hostile input against a real store -----------------------------------------------
-
-
-def _store_keys(etcd: EtcdCluster, prefix: str) -> list[str]:
-    out = etcd.etcdctl("get", "--prefix", prefix, "--keys-only").stdout
-    return [line for line in out.splitlines() if line]
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        [b"-e", b"a/b"],
-        [b"-e", b"x" * 200],
-        [b"-e", b"bad\xffname"],
-        [b"--id", b"two\nlines"],
-        [b"--id", b"x" * 300],
-        [b"--id", b"\xff\xfe"],
-        [b"--ttl", b"-1s"],
-        [b"--backend", b"etcd://127.0.0.1:65536"],
-        [b"--backend", b"nope://127.0.0.1:1"],
-    ],
-    ids=lambda a: (
-        a[0].decode() + "=" + a[1][:10].decode("latin-1").encode("unicode_escape").decode()
-    ),
-)
-def test_hostile_cli_input_exits_2_and_leaves_nothing(
-    etcd: EtcdCluster, processes: ProcessRegistry, args: list[bytes]
-) -> None:
-    prefix = f"/hostile-{secrets.token_hex(3)}"
-    argv = [os.fsencode(a) for a in LEADERRUN_CMD]
-    argv += [b"--backend", etcd.backend_url.encode(), b"--prefix", prefix.encode(), b"-e", b"ok"]
-    proc = processes.start([*argv, *args, b"--", b"true"], name="hostile")  # type: ignore[list-item]
-    assert wait_exit(proc) == 2
-    err = proc.read_stderr()
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert _store_keys(etcd, prefix) == []
-
-
-@pytest.mark.parametrize(
-    "value",
-    [b"\x00\x01\x02binary", b'{"truncated": ', b"[1, 2, 3]", b'{"id": 5}', b"x" * 1_000_000],
-    ids=["binary", "truncated-json", "json-list", "id-not-str", "huge"],
-)
-def test_waits_behind_a_foreign_candidate_and_runs_after_it_goes(
-    etcd: EtcdCluster,
-    election: str,
-    processes: ProcessRegistry,
-    tmp_path: Path,
-    value: bytes,
-) -> None:
-    lease = etcd.etcdctl("lease", "grant", "60").stdout.split()[1]
-    value_file = tmp_path / "value"
-    value_file.write_bytes(value)
-    subprocess.run(
-        f"ETCDCTL_API=3 etcdctl --endpoints {etcd.endpoints} put --lease={lease} "
-        f"/leaderrun/{election}/foreign < {value_file}",
-        shell=True, check=True, capture_output=True, env=clean_env(),
-    )  # fmt: skip
-    code, document = status(etcd, election)
-    assert code == 0 and document["elections"][0]["leader"]["foreign"] is True
-    ran = tmp_path / "ran"
-    proc = start(processes, etcd, election, "touch", str(ran))
-    wait_for(lambda: "waiting behind <foreign value" in proc.read_stderr(), 15)
-    etcd.etcdctl("lease", "revoke", lease)
-    assert wait_exit(proc) == 0
-    assert ran.exists()
-
-
-def test_foreign_last_run_record_is_ignored_with_a_warning(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
-) -> None:
-    etcd.etcdctl("put", f"/leaderrun/{election}", json.dumps(["not", "ours"]))
-    ran = tmp_path / "ran"
-    proc = start(processes, etcd, election, "touch", str(ran), opts=("--once-per", "1h"))
-    assert wait_exit(proc) == 0
-    assert ran.exists()
-    assert "did not write" in proc.read_stderr()

@@ -4,7 +4,6 @@ configuration precedence and log formats (SPEC §3 Modes, §5)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import time
@@ -13,94 +12,67 @@ from pathlib import Path
 
 import pytest
 from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, wait_for
-from runs import alive, queue_ids, queued, sh, start, status, wait_exit
-from servers import EtcdCluster
-
-
-def hold(tmp_path: Path) -> tuple[tuple[str, ...], Path]:
-    """A job that runs until the test touches its release file."""
-    release = tmp_path / "release"
-    return sh(f"while [ ! -e {release} ]; do sleep 0.05; done"), release
-
+from runs import alive, long_job, queue_ids, sh, start, status, wait_exit
+from stores import Store
 
 # -- cron -----------------------------------------------------------------------------------------
 
 
-def test_no_wait_once_per_two_cron_waves_run_the_job_once(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
-) -> None:
-    """Three hosts' crons fire together, then again a little later (clock skew): one run."""
-    journal = tmp_path / "journal"
-    job = sh(f"echo $LEADERRUN_ID >> {journal}")
-    opts = ("--no-wait", "--once-per", "30s")
-    for wave in range(2):
-        procs = [
-            start(processes, etcd, election, *job, opts=(*opts, "--id", f"h{n}"),
-                  name=f"w{wave}h{n}", verbose=0)
-            for n in range(3)
-        ]  # fmt: skip
-        assert [wait_exit(p) for p in procs] == [0, 0, 0]
-        assert all(p.output() == ("", "") for p in procs), "cron must stay silent"
-    assert len(journal.read_text().split()) == 1
-    last_run = status(etcd, election)[1]["elections"][0]["last_run"]
-    assert last_run["id"] == journal.read_text().strip()
-
-
 def test_once_per_does_not_record_a_failed_run(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
     journal = tmp_path / "journal"
     opts = ("--once-per", "1h")
-    failing = start(processes, etcd, election, *sh(f"echo x >> {journal}; exit 1"), opts=opts)
+    failing = start(processes, store, election, *sh(f"echo x >> {journal}; exit 1"), opts=opts)
     assert wait_exit(failing) == 1
-    again = start(processes, etcd, election, *sh(f"echo x >> {journal}"), opts=opts)
+    again = start(processes, store, election, *sh(f"echo x >> {journal}"), opts=opts)
     assert wait_exit(again) == 0
-    third = start(processes, etcd, election, *sh(f"echo x >> {journal}"), opts=opts)
+    third = start(processes, store, election, *sh(f"echo x >> {journal}"), opts=opts)
     assert wait_exit(third) == 0
     assert journal.read_text().split() == ["x", "x"]
 
 
 def test_no_wait_loser_exits_with_skip_code_silently(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
-    job, release = hold(tmp_path)
-    leader = start(processes, etcd, election, *job, opts=("--id", "leader"))
-    wait_for(lambda: queued(etcd, election, 1), 15)
+    job, _, release = long_job(tmp_path, ignore_term=False)
+    leader = start(processes, store, election, *job, opts=("--id", "leader"))
+    wait_for(lambda: store.queued(election, 1), 15)
     loser = start(
-        processes, etcd, election, "touch", str(tmp_path / "ran"),
+        processes, store, election, "touch", str(tmp_path / "ran"),
         opts=("--no-wait", "--skip-exit-code", "9"), verbose=0,
     )  # fmt: skip
     assert wait_exit(loser) == 9
     assert loser.output() == ("", "")
     assert not (tmp_path / "ran").exists()
-    assert queue_ids(etcd, election) == ["leader"]
+    assert queue_ids(store, election) == ["leader"]
     release.touch()
     assert wait_exit(leader) == 0
 
 
 def test_wait_timeout_gives_up_and_withdraws(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
-    job, release = hold(tmp_path)
-    leader = start(processes, etcd, election, *job, opts=("--id", "leader"))
-    wait_for(lambda: queued(etcd, election, 1), 15)
+    job, _, release = long_job(tmp_path, ignore_term=False)
+    leader = start(processes, store, election, *job, opts=("--id", "leader"))
+    wait_for(lambda: store.queued(election, 1), 15)
     started = time.monotonic()
     waiter = start(
-        processes, etcd, election, "touch", str(tmp_path / "ran"),
+        processes, store, election, "touch", str(tmp_path / "ran"),
         opts=("--wait-timeout", "1s", "--skip-exit-code", "4"), verbose=0,
     )  # fmt: skip
     assert wait_exit(waiter) == 4
     assert time.monotonic() - started >= 1.0
     assert waiter.output() == ("", "")
-    assert queue_ids(etcd, election) == ["leader"]
+    assert queue_ids(store, election) == ["leader"]
     release.touch()
     assert wait_exit(leader) == 0
 
 
 def test_wait_timeout_runs_when_elected_in_time(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
-    proc = start(processes, etcd, election, "true", opts=("--wait-timeout", "30s"))
+    proc = start(processes, store, election, "true", opts=("--wait-timeout", "30s"))
     assert wait_exit(proc) == 0
 
 
@@ -108,55 +80,55 @@ def test_wait_timeout_runs_when_elected_in_time(
 
 
 def test_forever_reruns_the_child_and_exits_0_on_sigterm(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
     journal = tmp_path / "journal"
     pids = tmp_path / "pids"
     job = sh(f"echo $$ >> {pids}; echo run >> {journal}; "
              f'if [ "$(wc -l < {journal})" -ge 2 ]; then exec sleep 1000; fi')  # fmt: skip
-    proc = start(processes, etcd, election, *job, opts=("--forever", "--restart-delay", "100ms"))
+    proc = start(processes, store, election, *job, opts=("--forever", "--restart-delay", "100ms"))
     wait_for(lambda: journal.exists() and len(journal.read_text().split()) >= 2, 20)
     proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc) == 0
     assert not any(alive(int(p)) for p in pids.read_text().split())
-    assert queue_ids(etcd, election) == []
+    assert queue_ids(store, election) == []
 
 
 def test_forever_sigterm_while_waiting_exits_0(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
-    job, release = hold(tmp_path)
-    leader = start(processes, etcd, election, *job, opts=("--id", "leader"))
-    wait_for(lambda: queued(etcd, election, 1), 15)
-    waiter = start(processes, etcd, election, "true", opts=("--forever", "--id", "w"))
-    wait_for(lambda: queued(etcd, election, 2), 15)
+    job, _, release = long_job(tmp_path, ignore_term=False)
+    leader = start(processes, store, election, *job, opts=("--id", "leader"))
+    wait_for(lambda: store.queued(election, 1), 15)
+    waiter = start(processes, store, election, "true", opts=("--forever", "--id", "w"))
+    wait_for(lambda: store.queued(election, 2), 15)
     waiter.send_signal(signal.SIGTERM)
     assert wait_exit(waiter) == 0
-    assert queue_ids(etcd, election) == ["leader"]
+    assert queue_ids(store, election) == ["leader"]
     release.touch()
     assert wait_exit(leader) == 0
 
 
 @pytest.mark.chaos
 def test_forever_survives_a_backend_outage(
-    etcd_private: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
+    store_private: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
-    """etcd down for 5 s: the child is stopped per the timing rule, leaderrun stays up, and
-    leads again (with a new child) once etcd is back."""
+    """The server down for 5 s: the child is stopped per the timing rule, leaderrun stays
+    up, and leads again (with a new child) once the server is back."""
     pids = tmp_path / "pids"
     job = sh(f"echo $$ >> {pids}; exec sleep 1000")
     opts = ("--forever", "--ttl", "4s", "--kill-grace", "1s", "--connect-timeout", "2s")
-    proc = start(processes, etcd_private, election, *job, opts=opts)
+    proc = start(processes, store_private, election, *job, opts=opts)
     wait_for(lambda: pids.exists() and pids.read_text().split(), 15)
     first = int(pids.read_text().split()[0])
-    member = etcd_private.members[0]
+    member = store_private.members[0]
     stopped_at = time.monotonic()
     member.stop()
-    wait_for(lambda: not alive(first), 10, message="child stopped while etcd is down")
+    wait_for(lambda: not alive(first), 10, message="child stopped while the server is down")
     assert proc.poll() is None
     wait_for(lambda: time.monotonic() >= stopped_at + 5, 10)
     member.start()
-    wait_for(lambda: len(pids.read_text().split()) >= 2, 30, message="a new term after etcd")
+    wait_for(lambda: len(pids.read_text().split()) >= 2, 30, message="a new term after the outage")
     proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc) == 0
     assert not any(alive(int(p)) for p in pids.read_text().split())
@@ -185,26 +157,26 @@ def receive_until(sock: socket.socket, needle: str) -> list[str]:
 
 
 def test_sd_notify_ready_and_status_on_a_real_socket(
-    etcd: EtcdCluster,
+    store: Store,
     election: str,
     processes: ProcessRegistry,
     tmp_path: Path,
     notify_socket: socket.socket,
 ) -> None:
     env_file = tmp_path / "env"
-    job, release = hold(tmp_path)
+    job, _, release = long_job(tmp_path, ignore_term=False)
     job = sh(f"env > {env_file}; " + job[2])
     env = {"NOTIFY_SOCKET": notify_socket.getsockname()}
-    leader = start(processes, etcd, election, *job, opts=("--id", "lead"), env=env)
+    leader = start(processes, store, election, *job, opts=("--id", "lead"), env=env)
     messages = receive_until(notify_socket, "leader, child pid")
     assert messages[0].split("\n") == ["READY=1", "STATUS=campaigning"]
-    token = status(etcd, election)[1]["elections"][0]["leader"]["token"]
+    token = status(store, election)[1]["elections"][0]["leader"]["token"]
     assert messages[-1].startswith("STATUS=leader, child pid ")
     assert messages[-1].endswith(f", token {token}")
     wait_for(env_file.exists, 10)
     assert "NOTIFY_SOCKET" not in env_file.read_text()
 
-    waiter = start(processes, etcd, election, "true", opts=("--id", "second"), env=env)
+    waiter = start(processes, store, election, "true", opts=("--id", "second"), env=env)
     assert "STATUS=waiting behind lead" in receive_until(notify_socket, "waiting behind")
     release.touch()
     assert wait_exit(leader) == 0 and wait_exit(waiter) == 0
@@ -214,30 +186,30 @@ def test_sd_notify_ready_and_status_on_a_real_socket(
 
 
 def _effective(
-    processes: ProcessRegistry, tmp_path: Path, etcd: EtcdCluster, args: list[str],
+    processes: ProcessRegistry, tmp_path: Path, store: Store, args: list[str],
     env: dict[str, str],
 ) -> str:  # fmt: skip
     out = tmp_path / "seen"
     argv = [*LEADERRUN_CMD, *args, "--", "sh", "-c",
             f'echo "$LEADERRUN_ELECTION $LEADERRUN_LEASE_TTL $LEADERRUN_ID" > {out}']  # fmt: skip
-    proc = processes.start(argv, env=clean_env({"LEADERRUN_BACKEND": etcd.backend_url, **env}))
+    proc = processes.start(argv, env=clean_env({"LEADERRUN_BACKEND": store.backend_url, **env}))
     assert wait_exit(proc) == 0, proc.read_stderr()
     return out.read_text().strip()
 
 
 def test_config_precedence_flags_then_env_then_file(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
     config = tmp_path / "leaderrun.toml"
     config.write_text(
         f'election = "{election}-file"\nttl = "12s"\nid = "from-file"\nkill_grace = "2s"\n'
     )
     env = {"LEADERRUN_CONFIG": str(config)}
-    assert _effective(processes, tmp_path, etcd, [], env) == f"{election}-file 12 from-file"
+    assert _effective(processes, tmp_path, store, [], env) == f"{election}-file 12 from-file"
     env |= {"LEADERRUN_ELECTION": f"{election}-env", "LEADERRUN_TTL": "11s"}
-    assert _effective(processes, tmp_path, etcd, [], env) == f"{election}-env 11 from-file"
+    assert _effective(processes, tmp_path, store, [], env) == f"{election}-env 11 from-file"
     flags = ["-e", f"{election}-flag", "--ttl", "13s", "--id", "from-flag"]
-    assert _effective(processes, tmp_path, etcd, flags, env) == f"{election}-flag 13 from-flag"
+    assert _effective(processes, tmp_path, store, flags, env) == f"{election}-flag 13 from-flag"
 
 
 @pytest.mark.parametrize(
@@ -249,22 +221,20 @@ def test_config_precedence_flags_then_env_then_file(
     ],
 )
 def test_bad_config_file_is_a_one_line_usage_error(
-    etcd: EtcdCluster, processes: ProcessRegistry, tmp_path: Path, content: str, needle: str
+    store: Store, processes: ProcessRegistry, tmp_path: Path, content: str, needle: str
 ) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(content)
-    argv = [*LEADERRUN_CMD, "--config", str(config), "--backend", etcd.backend_url, "--", "true"]
+    argv = [*LEADERRUN_CMD, "--config", str(config), "--backend", store.backend_url, "--", "true"]
     proc = processes.start(argv)
     assert wait_exit(proc) == 2
     err = proc.read_stderr()
     assert needle in err and len(err.strip().splitlines()) == 1
 
 
-def test_verbose_env_takes_a_count(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry
-) -> None:
-    quiet = start(processes, etcd, election, "true", env={"LEADERRUN_VERBOSE": "0"}, verbose=0)
-    loud = start(processes, etcd, election, "true", env={"LEADERRUN_VERBOSE": "1"}, verbose=0)
+def test_verbose_env_takes_a_count(store: Store, election: str, processes: ProcessRegistry) -> None:
+    quiet = start(processes, store, election, "true", env={"LEADERRUN_VERBOSE": "0"}, verbose=0)
+    loud = start(processes, store, election, "true", env={"LEADERRUN_VERBOSE": "1"}, verbose=0)
     assert wait_exit(quiet) == 0 and wait_exit(loud) == 0
     assert quiet.read_stderr() == ""
     assert "elected leader" in loud.read_stderr()
@@ -274,10 +244,10 @@ def test_verbose_env_takes_a_count(
 
 
 def test_json_log_format_one_object_per_line_with_the_facts(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry
+    store: Store, election: str, processes: ProcessRegistry
 ) -> None:
     proc = start(
-        processes, etcd, election, "sh", "-c", "exit 5",
+        processes, store, election, "sh", "-c", "exit 5",
         opts=("--log-format", "json", "--id", "jay"),
     )  # fmt: skip
     assert wait_exit(proc) == 5
@@ -289,14 +259,3 @@ def test_json_log_format_one_object_per_line_with_the_facts(
     assert events["child_exited"]["status"] == 5
     assert events["child_exited"]["pid"] == events["child_started"]["pid"]
     assert all({"time", "level", "message"} <= set(line) for line in lines)
-
-
-def test_foreign_store_url_env_is_not_leaked_to_child(
-    etcd: EtcdCluster, election: str, processes: ProcessRegistry, tmp_path: Path
-) -> None:
-    env_file = tmp_path / "env"
-    proc = start(processes, etcd, election, *sh(f"env > {env_file}"),
-                 env={"LEADERRUN_PASSWORD": "hunter2"})  # fmt: skip
-    assert wait_exit(proc) == 0
-    assert "hunter2" not in env_file.read_text()
-    assert os.environ.get("LEADERRUN_PASSWORD") is None
