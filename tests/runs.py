@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -113,3 +114,49 @@ def election_view(store: HasBackendURL, election: str) -> dict[str, Any]:
     assert code in (0, 3), f"status failed with {code}"
     view: dict[str, Any] = document["elections"][0]
     return view
+
+
+def handover(
+    processes: ProcessRegistry, store: Store, election: str, tmp_path: Path, signum: int
+) -> float:
+    """Seconds from sending `signum` to the leader's leaderrun (its child exits at once on
+    SIGTERM) to the next candidate's child running, both with a 60 s TTL, so that only a
+    release (not an expiry) can explain a short handover. Both have exited on return."""
+    ready, started = tmp_path / "ready", tmp_path / "started"
+    for path in (ready, started):
+        path.unlink(missing_ok=True)
+    first = sh(f"touch {ready}; while :; do sleep 0.05; done")
+    a = start(processes, store, election, *first, opts=("--ttl", "60s"), name="a")
+    wait_for(ready.exists, 15, message="first child running")
+    b = start(processes, store, election, "touch", str(started), opts=("--ttl", "60s"), name="b")
+    wait_for(lambda: store.queued(election, 2), 15, message="two candidates queued")
+
+    signalled = time.monotonic()
+    a.send_signal(signum)
+    wait_for(started.exists, 15, interval=0.005, message="next child started")
+    took = time.monotonic() - signalled
+    assert wait_exit(b) == 0
+    wait_exit(a)
+    return took
+
+
+def safety(ttl: float) -> float:
+    """The timing rule's margin (SPEC §3): max(0.5 s, T/20)."""
+    return max(0.5, ttl / 20)
+
+
+def freeze_until_dead(store: Store, child: int, ttl: float, frozen_for: float = 0.0) -> float:
+    """SIGSTOP the store's (first) server until `child` is dead, and for at least `frozen_for`
+    seconds, then SIGCONT it. Returns how long before `freeze + ttl - safety` the child was
+    seen dead: no renewal is answered after the freeze, so the server could expire the
+    lease/session at `freeze + ttl` at the earliest. Negative means too late."""
+    member = store.members[0]
+    frozen_at = time.monotonic()
+    member.freeze()
+    try:
+        wait_for(lambda: not alive(child), ttl + 5, interval=0.005, message="child stopped")
+        margin = frozen_at + ttl - safety(ttl) - time.monotonic()
+        wait_for(lambda: time.monotonic() >= frozen_at + frozen_for, frozen_for + 5)
+    finally:
+        member.thaw()
+    return margin

@@ -10,16 +10,16 @@ from __future__ import annotations
 import re
 import signal
 import statistics
-import time
 from pathlib import Path
 
 import pytest
-from helpers import ProcessRegistry, wait_for
-from runs import alive, sh, start, wait_exit
+from helpers import ProcessRegistry
+from runs import child_pid, freeze_until_dead, handover, long_job, start, wait_exit
 from stores import Store
 
 pytestmark = pytest.mark.bench
 ROUNDS = 5
+FREEZE_ROUNDS = 3
 
 
 def report(title: str, samples: list[float], unit: str = "ms") -> None:
@@ -31,36 +31,16 @@ def report(title: str, samples: list[float], unit: str = "ms") -> None:
     )
 
 
-def handover(
-    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path, kill: bool
-) -> float:
-    """Seconds from signalling the leader's leaderrun to the next leader's child running."""
-    ready, started = tmp_path / "ready", tmp_path / "started"
-    for path in (ready, started):
-        path.unlink(missing_ok=True)
-    first = sh(f"trap 'exit 0' TERM; touch {ready}; while :; do sleep 0.05; done")
-    a = start(processes, store, election, *first, opts=("--ttl", "10s"))
-    wait_for(ready.exists, 15)
-    b = start(processes, store, election, "touch", str(started))
-    wait_for(lambda: store.queued(election, 2), 15)
-    sent = time.monotonic()
-    a.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-    wait_for(started.exists, 15, interval=0.005)
-    took = time.monotonic() - sent
-    wait_exit(a)
-    wait_exit(b)
-    return took
-
-
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_bench_handover(
     store: Store, election: str, processes: ProcessRegistry, tmp_path: Path, how: str
 ) -> None:
+    """Seconds from signalling the leader's leaderrun to the next leader's child running."""
+    signum = signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM
     samples = [
-        handover(store, f"{election}-{n}", processes, tmp_path, how == "SIGKILL")
-        for n in range(ROUNDS)
+        handover(processes, store, f"{election}-{n}", tmp_path, signum) for n in range(ROUNDS)
     ]
-    report(f"{store.kind} handover after {how} of the leader (TTL 10s)", samples)
+    report(f"{store.kind} handover after {how} of the leader (TTL 60s)", samples)
 
 
 def test_bench_freeze_margin(
@@ -68,24 +48,16 @@ def test_bench_freeze_margin(
 ) -> None:
     """Freeze the server; how long before `freeze + T - safety` was the child seen dead, and
     how long before its own lease/session deadline (t_ack + T) does leaderrun report it dead?"""
-    ttl, safety = 6.0, 0.5
+    ttl = 6.0
     seen_margins, reported = [], []
-    for n in range(3):
-        pid_file = tmp_path / f"pid{n}"
-        job = sh(f"trap '' TERM; echo $$ > {pid_file}; while :; do sleep 0.05; done")
+    for n in range(FREEZE_ROUNDS):
+        job, pid_file, _ = long_job(tmp_path, name=str(n))
         opts = ("--ttl", f"{ttl:g}s", "--kill-grace", "1s", "--renew-interval", "1s")
         proc = start(processes, store_private, f"{election}-{n}", *job, opts=opts, verbose=0)
-        wait_for(lambda p=pid_file: p.exists() and p.read_text().strip(), 15)
-        child = int(pid_file.read_text())
-        member = store_private.members[0]
-        frozen = time.monotonic()
-        member.freeze()
-        wait_for(lambda c=child: not alive(c), ttl + 5, interval=0.005)
-        seen_margins.append(frozen + ttl - safety - time.monotonic())
-        member.thaw()
+        seen_margins.append(freeze_until_dead(store_private, child_pid(pid_file), ttl))
         wait_exit(proc, 60)
         found = re.search(r"stopped (\d+\.\d+)s before the lease deadline", proc.read_stderr())
-        assert found
+        assert found, proc.read_stderr()
         reported.append(float(found[1]))
     kind = store_private.kind
     report(f"{kind} freeze: child seen dead this long before freeze + T - safety", seen_margins)

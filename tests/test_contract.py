@@ -25,6 +25,7 @@ from runs import (
     URL,
     alive,
     child_pid,
+    handover,
     long_job,
     operator,
     queue_ids,
@@ -323,22 +324,11 @@ def test_handover_is_prompt(
 ) -> None:
     """The next candidate's child starts within HANDOVER_BOUND of the leader's SIGTERM (its
     child exits at once) or SIGKILL, with a 60 s TTL: by release, not expiry."""
-    ready, started = tmp_path / "ready", tmp_path / "started"
-    first = sh(f"touch {ready}; while :; do sleep 0.05; done")
-    a = start(processes, store, election, *first, opts=("--ttl", "60s"), name="a")
-    wait_for(ready.exists, 15, message="first child running")
-    b = start(processes, store, election, *sh(f"touch {started}"), opts=("--ttl", "60s"))
-    wait_for(lambda: store.queued(election, 2), 15)
-
-    signalled = time.monotonic()
-    a.send_signal(signal.SIGTERM if how == "TERM" else signal.SIGKILL)
-    wait_for(started.exists, 15, interval=0.005, message="next child started")
-    handover = time.monotonic() - signalled
-    record_property(f"handover_{how}_{store.kind}", round(handover, 3))
-    print(f"\nhandover after SIG{how} on {store.kind}: {handover:.3f}s")
-    assert handover < HANDOVER_BOUND
-    assert wait_exit(b) == 0
-    wait_exit(a)
+    signum = signal.SIGTERM if how == "TERM" else signal.SIGKILL
+    took = handover(processes, store, election, tmp_path, signum)
+    record_property(f"handover_{how}_{store.kind}", round(took, 3))
+    print(f"\nhandover after SIG{how} on {store.kind}: {took:.3f}s")
+    assert took < HANDOVER_BOUND
 
 
 # -- leadership lost -------------------------------------------------------------------------------

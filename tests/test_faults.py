@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 from helpers import ProcessRegistry, wait_for
-from runs import alive, child_pid, long_job, sh, start, wait_exit
+from runs import alive, child_pid, freeze_until_dead, long_job, sh, start, wait_exit
 from stores import Store
 
 T_FREEZE = 6.0
-SAFETY = 0.5  # max(0.5 s, T/20) for both TTLs used here
 
 
 def test_frozen_server_child_dead_before_lease_deadline(
@@ -25,18 +24,10 @@ def test_frozen_server_child_dead_before_lease_deadline(
     job, pid_file, _ = long_job(tmp_path)
     opts = ("--ttl", f"{T_FREEZE:g}s", "--kill-grace", "1s", "--renew-interval", "1s")
     proc = start(processes, store_private, election, *job, opts=opts)
-    child = child_pid(pid_file)
-    member = store_private.members[0]
 
-    frozen_at = time.monotonic()
-    member.freeze()
-    wait_for(lambda: not alive(child), T_FREEZE + 5, interval=0.01, message="child stopped")
-    dead_seen_at = time.monotonic()
-    member.thaw()
-
-    early = frozen_at + T_FREEZE - SAFETY - dead_seen_at
+    early = freeze_until_dead(store_private, child_pid(pid_file), T_FREEZE)
     print(f"\nfrozen {store_private.kind}: child dead {early:.3f}s before freeze + T - safety")
-    assert early >= 0, f"child still alive {dead_seen_at - frozen_at:.2f}s after the freeze"
+    assert early >= 0, f"child still alive {-early:.2f}s after freeze + T - safety"
     assert wait_exit(proc, 60) == 75
     err = proc.read_stderr()
     assert "lease renewal failing" in err
@@ -103,16 +94,9 @@ def test_forever_leads_again_after_the_server_was_frozen_past_the_deadline(
     )
     opts = ("--forever", "--ttl", f"{T_FREEZE:g}s", "--kill-grace", "1s", "--renew-interval", "1s")
     proc = start(processes, store_private, election, *job, opts=opts)
-    first = child_pid(pid_file)
-    member = store_private.members[0]
-
-    frozen_at = time.monotonic()
-    member.freeze()
-    wait_for(lambda: not alive(first), T_FREEZE + 5, interval=0.01, message="child stopped")
-    assert time.monotonic() <= frozen_at + T_FREEZE - SAFETY
     # The fault: stay frozen until the server may have expired the lease/session.
-    wait_for(lambda: time.monotonic() > frozen_at + T_FREEZE + 1, T_FREEZE + 5)
-    member.thaw()
+    early = freeze_until_dead(store_private, child_pid(pid_file), T_FREEZE, T_FREEZE + 1)
+    assert early >= 0, f"child still alive {-early:.2f}s after freeze + T - safety"
 
     wait_for(lambda: len(journal.read_text().split()) == 2, 60, message="a second term")
     tokens = [int(t) for t in journal.read_text().split()]
