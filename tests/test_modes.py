@@ -32,38 +32,33 @@ def test_once_per_does_not_record_a_failed_run(
     assert journal.read_text().split() == ["x", "x"]
 
 
-def test_no_wait_loser_exits_with_skip_code_silently(
-    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
+@pytest.mark.parametrize(
+    ("give_up", "waited"),
+    [(("--no-wait",), 0.0), (("--wait-timeout", "1s"), 1.0)],
+    ids=["no-wait", "wait-timeout"],
+)
+def test_not_elected_exits_with_skip_code_silently_and_withdraws(
+    store: Store,
+    election: str,
+    processes: ProcessRegistry,
+    tmp_path: Path,
+    give_up: tuple[str, ...],
+    waited: float,
 ) -> None:
-    job, _, release = long_job(tmp_path, ignore_term=False)
-    leader = start(processes, store, election, *job, opts=("--id", "leader"))
-    wait_for(lambda: store.queued(election, 1), 15)
-    loser = start(
-        processes, store, election, "touch", str(tmp_path / "ran"),
-        opts=("--no-wait", "--skip-exit-code", "9"), verbose=0,
-    )  # fmt: skip
-    assert wait_exit(loser) == 9
-    assert loser.output() == ("", "")
-    assert not (tmp_path / "ran").exists()
-    assert queue_ids(store, election) == ["leader"]
-    release.touch()
-    assert wait_exit(leader) == 0
-
-
-def test_wait_timeout_gives_up_and_withdraws(
-    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
-) -> None:
+    """Behind a leader, `--no-wait` gives up at once and `--wait-timeout` after waiting that
+    long: exit with --skip-exit-code, print nothing, leave only the leader in the queue."""
     job, _, release = long_job(tmp_path, ignore_term=False)
     leader = start(processes, store, election, *job, opts=("--id", "leader"))
     wait_for(lambda: store.queued(election, 1), 15)
     started = time.monotonic()
-    waiter = start(
+    loser = start(
         processes, store, election, "touch", str(tmp_path / "ran"),
-        opts=("--wait-timeout", "1s", "--skip-exit-code", "4"), verbose=0,
+        opts=(*give_up, "--skip-exit-code", "9"), verbose=0,
     )  # fmt: skip
-    assert wait_exit(waiter) == 4
-    assert time.monotonic() - started >= 1.0
-    assert waiter.output() == ("", "")
+    assert wait_exit(loser) == 9
+    assert time.monotonic() - started >= waited
+    assert loser.output() == ("", "")
+    assert not (tmp_path / "ran").exists()
     assert queue_ids(store, election) == ["leader"]
     release.touch()
     assert wait_exit(leader) == 0
