@@ -108,14 +108,6 @@ def queue_ids(store: Store, election: str) -> list[str]:
     return [c.identity for c in store.candidates(election)]
 
 
-def election_view(store: HasBackendURL, election: str) -> dict[str, Any]:
-    """The `status --json` entry of one election (which exists, with or without a leader)."""
-    code, document = status(store, election)
-    assert code in (0, 3), f"status failed with {code}"
-    view: dict[str, Any] = document["elections"][0]
-    return view
-
-
 def handover(
     processes: ProcessRegistry, store: Store, election: str, tmp_path: Path, signum: int
 ) -> float:
