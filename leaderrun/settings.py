@@ -21,7 +21,7 @@ PREFIX = re.compile(r"(/[A-Za-z0-9._-]+)+")
 DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)?")
 UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 MAX_DURATION = 7 * 24 * 3600.0
-KILL_LEAD = 0.1
+KILL_LEAD = 0.25
 DEFAULT_PORTS = {"etcd": 2379, "etcds": 2379, "zk": 2181}
 
 

@@ -104,7 +104,6 @@ def test_forever_sigterm_while_waiting_exits_0(
     assert wait_exit(leader) == 0
 
 
-@pytest.mark.chaos
 def test_forever_survives_a_backend_outage(
     store_private: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
