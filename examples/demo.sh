@@ -141,11 +141,11 @@ LISTEN_PID=$!
 
 banner "starting three candidates for election '$ELECTION', 0.5 s apart"
 for node in "${NODES[@]}"; do
-    echo "\$ leaderrun --backend $BACKEND -e $ELECTION --id $node -v --ttl 5s" \
+    echo "\$ leaderrun --backend $BACKEND -e $ELECTION --id $node -v --ttl 5s --kill-grace 2s" \
          "-- examples/process_payments.sh"
     # Output (leaderrun's log on stderr and the job's stdout) is prefixed with the node name
     # on screen and kept in a file to follow what happens. $! is leaderrun's own pid.
-    "$LEADERRUN" --backend "$BACKEND" -e "$ELECTION" --id "$node" -v --ttl 5s -- "$JOB" \
+    "$LEADERRUN" --backend "$BACKEND" -e "$ELECTION" --id "$node" -v --ttl 5s --kill-grace 2s -- "$JOB" \
         > >(tee -a "$WORK/$node.log" | sed -u "s/^/$node | /") 2>&1 &
     PID[$node]=$!
     sleep 0.5   # pacing only, so that the queue order is easy to see

@@ -173,7 +173,8 @@ class Timing:
         if needed >= self.ttl:
             raise UsageError(
                 f"timing: renew interval {self.renew_interval:g}s + kill grace "
-                f"{self.kill_grace:g}s + safety {self.safety:g}s must be less than the "
+                f"{self.kill_grace:g}s + safety {self.safety:g}s + {KILL_LEAD:g}s for SIGKILL "
+                "must be less than the "
                 f"{what} of {self.ttl:g}s; raise --ttl above {needed:g}s or lower "
                 "--kill-grace / --renew-interval"
             )
