@@ -171,7 +171,130 @@ def run_etcdctl(
     return result
 
 
-class EtcdMember:
+class ServerProcess:
+    """The lifecycle both kinds of test server share: start, stop, crash, hang, restart.
+
+    Subclasses set `name`, `dir`, `data_dir`, `log_path`, `proc`, `frozen`, `_log` in their
+    constructor and provide `product`, `argv()`, `prepare()` and `ready()`.
+    """
+
+    product: str
+    name: str
+    dir: Path
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None
+    frozen: bool
+    _log: IO[bytes] | None
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Create what the server needs on disk before it starts."""
+        raise NotImplementedError
+
+    def ready(self, timeout: float) -> bool:
+        """True once the server answers requests."""
+        raise NotImplementedError
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to serve (see :meth:`wait_serving`)."""
+        if self.is_running():
+            raise RuntimeError(f"{self.name} is already running")
+        self.prepare()
+        self._log = self.log_path.open("ab")
+        banner = f"\n=== leaderrun tests: starting {self.name} at {time.time():.3f}\n"
+        self._log.write(banner.encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=_server_env(),
+            cwd=self.dir,
+            start_new_session=True,  # tests that signal process groups must not hit servers
+            # Only calls prctl, so safe in the forked child despite preexec_fn's caveats.
+            preexec_fn=_die_with_parent,
+        )
+        _live.add(self.proc)
+        self.frozen = False
+
+    def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the server serves requests; raise with the log tail if it does not."""
+
+        def serving() -> bool:
+            if not self.is_running():
+                raise RuntimeError(
+                    f"{self.product} {self.name} exited early:\n{_tail(self.log_path)}"
+                )
+            return self.ready(timeout=1.0)
+
+        message = f"{self.product} {self.name} to serve"
+        try:
+            wait_for(serving, timeout, interval=0.05, message=message)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n--- {self.log_path}:\n{_tail(self.log_path)}") from None
+
+    def start(self, wait: bool = True, timeout: float = START_TIMEOUT) -> None:
+        """Start the process and (by default) return once it is serving."""
+        self.launch()
+        if wait:
+            self.wait_serving(timeout)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"{self.product} {self.name} is not running")
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Graceful stop (SIGTERM; SIGKILL after ``timeout``). No-op when not running."""
+        if self.proc is not None:
+            terminate(self.proc, timeout)
+        self._closed()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as the cluster and its clients can tell."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT)
+        if self.proc is not None:
+            _live.discard(self.proc)
+        self._closed()
+
+    def _closed(self) -> None:
+        self.frozen = False
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process keeps its sockets but answers nothing (a hung server)."""
+        self._signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`."""
+        self._signal(signal.SIGCONT)
+        self.frozen = False
+
+    def restart(self, down_seconds: float, wait: bool = True) -> None:
+        """Stop, stay down for ``down_seconds`` (the fault being injected), start again.
+
+        Same ports, same data. With ``wait`` it returns once the server serves, which in a
+        multi-member cluster needs a quorum; pass ``wait=False`` when there is none.
+        """
+        self.stop()
+        time.sleep(down_seconds)
+        self.start(wait=wait)
+
+    def is_running(self) -> bool:
+        """True while the process exists (also when frozen)."""
+        return self.proc is not None and self.proc.poll() is None
+
+
+class EtcdMember(ServerProcess):
     """One etcd process. Its ports and data directory survive ``stop``/``restart``."""
 
     def __init__(
@@ -231,28 +354,14 @@ class EtcdMember:
             *self.extra_args,
         ]  # fmt: skip
 
-    def launch(self) -> None:
-        """Start the process without waiting for it to serve (see :meth:`wait_serving`)."""
-        if self.is_running():
-            raise RuntimeError(f"{self.name} is already running")
+    product = "etcd"
+
+    def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)  # etcd warns about anything looser
-        self._log = self.log_path.open("ab")
-        banner = f"\n=== leaderrun tests: starting {self.name} at {time.time():.3f}\n"
-        self._log.write(banner.encode())
-        self._log.flush()
-        self.proc = subprocess.Popen(
-            self.argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=_server_env(),
-            start_new_session=True,  # tests that signal process groups must not hit etcd
-            # Only calls prctl, so safe in the forked child despite preexec_fn's caveats.
-            preexec_fn=_die_with_parent,
-        )
-        _live.add(self.proc)
-        self.frozen = False
+
+    def ready(self, timeout: float) -> bool:
+        return self.health(timeout=timeout)
 
     def health(self, timeout: float = 2.0) -> bool:
         """True when this member answers ``/health`` positively (it sees a raft leader)."""
@@ -262,75 +371,6 @@ class EtcdMember:
         except (OSError, ValueError):
             return False
         return str(body.get("health")).lower() == "true"
-
-    def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
-        """Wait until the member serves requests; raise with the log tail if it does not."""
-
-        def serving() -> bool:
-            if not self.is_running():
-                raise RuntimeError(f"etcd {self.name} exited early:\n{_tail(self.log_path)}")
-            return self.health(timeout=1.0)
-
-        try:
-            wait_for(serving, timeout, interval=0.05, message=f"etcd {self.name} to serve")
-        except TimeoutError as e:
-            raise TimeoutError(f"{e}\n--- {self.log_path}:\n{_tail(self.log_path)}") from None
-
-    def start(self, wait: bool = True, timeout: float = START_TIMEOUT) -> None:
-        """Start the process and (by default) return once it is serving."""
-        self.launch()
-        if wait:
-            self.wait_serving(timeout)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"etcd {self.name} is not running")
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Graceful stop (SIGTERM; SIGKILL after ``timeout``). No-op when not running."""
-        if self.proc is not None:
-            terminate(self.proc, timeout)
-        self._closed()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, as far as the cluster can tell."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        if self.proc is not None:
-            _live.discard(self.proc)
-        self._closed()
-
-    def _closed(self) -> None:
-        self.frozen = False
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def freeze(self) -> None:
-        """SIGSTOP: the process keeps its sockets but answers nothing (a hung server)."""
-        self._signal(signal.SIGSTOP)
-        self.frozen = True
-
-    def thaw(self) -> None:
-        """SIGCONT after :meth:`freeze`."""
-        self._signal(signal.SIGCONT)
-        self.frozen = False
-
-    def restart(self, down_seconds: float, wait: bool = True) -> None:
-        """Stop, stay down for ``down_seconds`` (the fault being injected), start again.
-
-        Same ports, same data. With ``wait`` it returns once the member serves, which in a
-        multi-member cluster needs a quorum; pass ``wait=False`` when there is none.
-        """
-        self.stop()
-        time.sleep(down_seconds)
-        self.start(wait=wait)
-
-    def is_running(self) -> bool:
-        """True while the process exists (also when frozen)."""
-        return self.proc is not None and self.proc.poll() is None
 
     def status(self, timeout: float = 3.0) -> dict[str, object] | None:
         """``etcdctl endpoint status`` of this member alone, or None if it does not answer."""
@@ -534,7 +574,7 @@ def four_letter(endpoint: str, command: str, timeout: float = 2.0) -> str | None
     return b"".join(chunks).decode(errors="replace")
 
 
-class ZkMember:
+class ZkMember(ServerProcess):
     """One ZooKeeper server (``QuorumPeerMain`` from Debian's package). Its ports, id and data
     directory survive ``stop``/``restart``."""
 
@@ -602,27 +642,14 @@ class ZkMember:
             str(self.config_path),
         ]
 
-    def launch(self) -> None:
-        """Start the process without waiting for it to serve (see :meth:`wait_serving`)."""
-        if self.is_running():
-            raise RuntimeError(f"{self.name} is already running")
+    product = "ZooKeeper"
+
+    def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
-        self._log = self.log_path.open("ab")
-        banner = f"\n=== leaderrun tests: starting {self.name} at {time.time():.3f}\n"
-        self._log.write(banner.encode())
-        self._log.flush()
-        self.proc = subprocess.Popen(
-            self.argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.dir,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        _live.add(self.proc)
-        self.frozen = False
+
+    def ready(self, timeout: float) -> bool:
+        return self.serving(timeout=timeout)
 
     def mode(self, timeout: float = 2.0) -> str | None:
         """``standalone``, ``leader`` or ``follower`` once serving; None before (or frozen)."""
@@ -637,66 +664,6 @@ class ZkMember:
     def serving(self, timeout: float = 2.0) -> bool:
         """``ruok`` answers ``imok`` and the server serves (``srvr`` reports a mode)."""
         return four_letter(self.endpoint, "ruok", timeout) == "imok" and bool(self.mode(timeout))
-
-    def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
-        def serving() -> bool:
-            if not self.is_running():
-                raise RuntimeError(f"ZooKeeper {self.name} exited early:\n{_tail(self.log_path)}")
-            return self.serving(timeout=1.0)
-
-        try:
-            wait_for(serving, timeout, interval=0.05, message=f"ZooKeeper {self.name} to serve")
-        except TimeoutError as e:
-            raise TimeoutError(f"{e}\n--- {self.log_path}:\n{_tail(self.log_path)}") from None
-
-    def start(self, wait: bool = True, timeout: float = START_TIMEOUT) -> None:
-        self.launch()
-        if wait:
-            self.wait_serving(timeout)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"ZooKeeper {self.name} is not running")
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Graceful stop (SIGTERM; SIGKILL after ``timeout``). No-op when not running."""
-        if self.proc is not None:
-            terminate(self.proc, timeout)
-        self._closed()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, as far as clients and the ensemble can tell."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        if self.proc is not None:
-            _live.discard(self.proc)
-        self._closed()
-
-    def _closed(self) -> None:
-        self.frozen = False
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def freeze(self) -> None:
-        """SIGSTOP: the process keeps its sockets but answers nothing (a hung server)."""
-        self._signal(signal.SIGSTOP)
-        self.frozen = True
-
-    def thaw(self) -> None:
-        self._signal(signal.SIGCONT)
-        self.frozen = False
-
-    def restart(self, down_seconds: float, wait: bool = True) -> None:
-        """Stop, stay down for ``down_seconds`` (the fault being injected), start again."""
-        self.stop()
-        time.sleep(down_seconds)
-        self.start(wait=wait)
-
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def sessions(self) -> set[int] | None:
         """Ids of the sessions this server tracks (``dump``; the leader or a standalone
