@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -26,15 +26,9 @@ from stores import PREFIX, ZkStore
 NODE_NAME = re.compile(r"[0-9a-f]{32}__lock__\d{10}")
 
 
-@contextmanager
-def kazoo(ensemble: ZkEnsemble) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=ensemble.endpoints, timeout=10.0)
-    client.start(timeout=10)
-    try:
-        yield client
-    finally:
-        client.stop()
-        client.close()
+def kazoo(ensemble: ZkEnsemble) -> AbstractContextManager[KazooClient]:
+    """A short-lived kazoo client of the test's own (the store probe's)."""
+    return ZkStore(ensemble).client()
 
 
 def test_kazoo_election_contenders_lists_our_candidates_in_order(
