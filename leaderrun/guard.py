@@ -1,15 +1,21 @@
-"""Two processes, so that nothing leaderrun started survives leaderrun being killed.
+"""Two processes, each able to stop the child by the deadline alone.
 
-The pid the user sees (the *guard*) forks a *worker* that does all the work: it talks to the
-backend (gRPC threads and all) and supervises the child. Each watches the other:
+The pid the user sees (the *guard*) is forked off before any client library is imported: small,
+single-threaded, it never talks to the store while the worker lives. The *worker* does the work
+(store connection, threads, the child). They watch each other:
 
+- the worker sends the guard every new kill deadline (monotonic clock, shared by both); the
+  guard SIGTERMs the child's whole tree at `stop` and SIGKILLs it at `kill` unless a newer
+  deadline came first. So a worker that is stopped (SIGSTOP), stuck or starved cannot keep the
+  child past `t_ack + T - safety`: its own stall is covered.
 - guard SIGKILLed -> the worker sees EOF on a pipe only the guard held open, kills the child's
-  whole tree at once, then releases leadership over its live connection (next leader in ~1 s);
+  whole tree at once, then releases over its live connection (next leader in ~1 s);
 - worker killed (OOM, SIGKILL) -> the guard, a subreaper like the worker, inherits the child
-  and everything it started, kills them all, then revokes the lease the worker reported.
+  and everything it started, kills them all, then releases the lease/session the worker
+  reported.
 
-Both are subreapers, so a descendant that called setsid() still ends up below one of them.
-The guard stays single-threaded and never talks to the backend unless the worker died.
+Reports in both directions never block: the worker drops what does not fit in the pipe (the
+guard then acts on an older deadline: earlier, the safe side), and the guard only reads.
 """
 
 from __future__ import annotations
@@ -18,23 +24,22 @@ import contextlib
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import sys
-from collections.abc import Callable
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from leaderrun import process
+from leaderrun import events, process
 from leaderrun.errors import ExitCode, LeaderrunError, signal_exit_code
 from leaderrun.settings import Settings
-from leaderrun.supervisor import FORWARDED_SIGNALS, STOP_SIGNALS, Supervisor
 
 log = logging.getLogger("leaderrun")
 
 
 def run_guarded(settings: Settings) -> int:
-    """Fork the worker, forward signals to it, and clean up after it if it dies."""
+    """Fork the worker, forward signals to it, enforce its deadlines, clean up after it."""
     process.become_subreaper()
     life_r, life_w = os.pipe()
     info_r, info_w = os.pipe()
@@ -45,54 +50,155 @@ def run_guarded(settings: Settings) -> int:
         os._exit(_worker_main(settings, life_r, info_w))
     os.close(life_r)
     os.close(info_w)
-    for signum in FORWARDED_SIGNALS:
-        signal.signal(signum, _forwarder(worker))
-    return _guard_loop(settings, worker, info_r)
+    os.set_blocking(info_r, False)
+    return Guard(settings, worker, info_r).run()
 
 
-def _forwarder(worker: int) -> Callable[[int, object], None]:
-    def forward(signum: int, frame: object) -> None:
-        if signum in STOP_SIGNALS:
-            sd_notify("STOPPING=1")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker, signum)
+@dataclass
+class Armed:
+    """The deadline the guard enforces, and the child it must stop by then (the worker's
+    whole tree is stopped even before the child's pid arrives: it is the worker's child)."""
 
-    return forward
+    stop: float
+    kill: float
+    pgid: int | None = None
+    cgroup: str | None = None
+    termed: bool = False
+    killed: bool = False
 
 
-def _guard_loop(settings: Settings, worker: int, info_r: int) -> int:
-    reports = WorkerReports()
-    pidfd = os.pidfd_open(worker)
-    while True:
-        readable, _, _ = select.select([pidfd, info_r], [], [])
-        if info_r in readable:
-            reports.feed(os.read(info_r, 65536))
-        if pidfd in readable:
-            break
-    _, status = os.waitpid(worker, 0)
-    while chunk := os.read(info_r, 65536):
-        reports.feed(chunk)
-    if os.WIFEXITED(status):
+@dataclass
+class Guard:
+    """The guard's loop: worker alive? new report? deadline reached? kill, then go on."""
+
+    settings: Settings
+    worker: int
+    info_fd: int
+    handle: dict[str, Any] | None = None
+    released: bool = True
+    child_started: bool = False
+    armed: Armed | None = None
+    ready_sent: bool = False
+    _buffer: bytes = field(default=b"", repr=False)
+
+    def run(self) -> int:
+        inbox = events.SignalInbox()
+        pidfd = os.pidfd_open(self.worker)
+        while True:
+            ready = events.wait([pidfd, self.info_fd, inbox.fd], self._next_action())
+            if self.info_fd in ready:
+                self._read_reports()
+            if inbox.fd in ready:
+                self._forward(inbox.take())
+            self._enforce(time.monotonic())
+            if pidfd in ready:
+                break
+        _, status = os.waitpid(self.worker, 0)
+        self._read_reports()
         process.kill_everything_now()
-        return os.WEXITSTATUS(status)
-    return _worker_died(settings, os.WTERMSIG(status), reports)
+        if os.WIFEXITED(status):
+            return os.WEXITSTATUS(status)
+        return self._worker_died(os.WTERMSIG(status))
 
+    # -- the deadline -------------------------------------------------------------------------
 
-def _worker_died(settings: Settings, signum: int, reports: WorkerReports) -> int:
-    log.error(
-        "leaderrun's worker process died from %s; killing every process of the child",
-        signal.Signals(signum).name,
-    )
-    process.kill_everything_now()
-    if reports.handle is not None and not reports.released:
-        from leaderrun.backends import backend_class
+    def _next_action(self) -> float | None:
+        armed = self.armed
+        if armed is None or armed.killed:
+            return None
+        return armed.kill if armed.termed else armed.stop
 
-        try:
-            backend_class(settings.backend.scheme).release_orphaned(settings, reports.handle)
-            log.warning("released leadership of %s after the worker died", settings.election_path)
-        except Exception as exc:  # the lease still expires by itself
-            log.error("could not release the lease (%s); it expires within its TTL", exc)
-    return ExitCode.LOST if reports.child_started else signal_exit_code(signum)
+    def _enforce(self, now: float) -> None:
+        """Stop the child's tree at the deadline the worker last sent, whatever the worker does."""
+        armed = self.armed
+        if armed is None:
+            return
+        if not armed.termed and now >= armed.stop:
+            armed.termed = True
+            sweep = process.signal_tree_of(self.worker, armed.pgid, armed.cgroup, signal.SIGTERM)
+            if sweep.signalled:
+                log.warning(
+                    "leaderrun's worker did not stop the child in time (stalled?); the guard "
+                    "sent SIGTERM to %d process(es)",
+                    len(sweep.signalled),
+                )
+        if not armed.killed and now >= armed.kill:
+            armed.killed = True
+            sweep = process.signal_tree_of(self.worker, armed.pgid, armed.cgroup, signal.SIGKILL)
+            if sweep.signalled:
+                log.warning(
+                    "leaderrun's guard killed %d process(es) of the child at the lease deadline",
+                    len(sweep.signalled),
+                )
+
+    # -- reports from the worker --------------------------------------------------------------
+
+    def _read_reports(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.info_fd, 65536):
+                self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            if line:
+                self._on_report(json.loads(line))
+
+    def _on_report(self, report: dict[str, Any]) -> None:
+        kind = report["e"]
+        if kind == "queued":
+            self.handle, self.released = report["handle"], False
+        elif kind == "deadline":
+            stop, kill = float(report["stop"]), float(report["kill"])
+            if self.armed is None:
+                self.armed = Armed(stop, kill)
+            elif kill > self.armed.kill:  # a newer deadline: the lease was renewed
+                self.armed.stop, self.armed.kill = stop, kill
+                self.armed.termed = self.armed.killed = False
+        elif kind == "child" and self.armed is not None:
+            self.child_started = True
+            self.armed.pgid, self.armed.cgroup = int(report["pid"]), report.get("cgroup")
+        elif kind == "stopping" and self.armed is not None:
+            self.armed.termed = True  # the worker sent SIGTERM itself; SIGKILL stays armed
+        elif kind == "tree_gone":
+            self.armed = None
+        elif kind == "released":
+            self.released = True
+        elif kind == "notify":
+            self._notify(str(report["status"]), bool(report["ready"]))
+
+    def _forward(self, signals: list[int]) -> None:
+        for signum in signals:
+            if signum in events.STOP_SIGNALS:
+                sd_notify("STOPPING=1")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.worker, signum)
+
+    def _notify(self, status: str, ready: bool) -> None:
+        message = f"STATUS={status}"
+        if ready and not self.ready_sent:
+            self.ready_sent = True
+            message = f"READY=1\n{message}"
+        sd_notify(message)
+
+    # -- the worker died ----------------------------------------------------------------------
+
+    def _worker_died(self, signum: int) -> int:
+        log.error(
+            "leaderrun's worker process died from %s; killed every process of the child",
+            signal.Signals(signum).name,
+        )
+        if self.handle is not None and not self.released:
+            from leaderrun.backends import backend_class
+
+            try:
+                backend_class(self.settings.backend.scheme).release_orphaned(
+                    self.settings, self.handle
+                )
+                log.warning(
+                    "released leadership of %s after the worker died", self.settings.election_path
+                )
+            except Exception as exc:  # the lease still expires by itself
+                log.error("could not release the lease (%s); it expires within its TTL", exc)
+        return ExitCode.LOST if self.child_started else signal_exit_code(signum)
 
 
 def sd_notify(message: str) -> None:
@@ -108,54 +214,48 @@ def sd_notify(message: str) -> None:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.setblocking(False)
             sock.sendto(message.encode(), address)
     except OSError as exc:
         log.debug("sd_notify to %s failed: %s", address, exc)
 
 
-class WorkerReports:
-    """What the worker told us: its lease/session handle, whether a child ran, release."""
+class GuardLink:
+    """The worker's side: reports to the guard, and the guard's death as a readable fd."""
 
-    def __init__(self) -> None:
-        self.ready_sent = False
-        self.buffer = b""
-        self.handle: dict[str, Any] | None = None
-        self.child_started = False
-        self.released = False
+    def __init__(self, report_fd: int | None = None, gone_fd: int | None = None) -> None:
+        self.report_fd = report_fd
+        self.gone_fd = gone_fd
+        self.dropped = 0
+        if report_fd is not None:
+            os.set_blocking(report_fd, False)
 
-    def feed(self, data: bytes) -> None:
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            event = json.loads(line)
-            if event["event"] == "lease":
-                self.handle, self.released = event["handle"], False
-            elif event["event"] == "child":
-                self.child_started = True
-            elif event["event"] == "released":
-                self.released = True
-            elif event["event"] == "notify":
-                self._notify(str(event["status"]), bool(event["ready"]))
+    def send(self, kind: str, **fields: Any) -> None:
+        """One line, written whole or not at all (< PIPE_BUF bytes are atomic): never blocks."""
+        if self.report_fd is None:
+            return
+        line = json.dumps({"e": kind, **fields}).encode() + b"\n"
+        try:
+            os.write(self.report_fd, line)
+        except (BlockingIOError, BrokenPipeError):
+            # A guard that does not read acts on an older, earlier deadline; one that is gone
+            # is noticed through `gone_fd`.
+            self.dropped += 1
 
-    def _notify(self, status: str, ready: bool) -> None:
-        message = f"STATUS={status}"
-        if ready and not self.ready_sent:
-            self.ready_sent = True
-            message = f"READY=1\n{message}"
-        sd_notify(message)
+    def leaderrun_pid(self) -> int:
+        """The pid users see: the guard's when there is one."""
+        return os.getppid() if self.gone_fd is not None else os.getpid()
 
 
 def _worker_main(settings: Settings, life_r: int, info_w: int) -> int:
     """The worker: its own process group, so terminal signals reach it only via the guard."""
     os.setpgid(0, 0)
-
-    def report(event: dict[str, object]) -> None:
-        # The guard may be gone (SIGKILLed): the worker must still clean up and release.
-        with contextlib.suppress(BrokenPipeError):
-            os.write(info_w, json.dumps(event).encode() + b"\n")
+    from leaderrun import log as logs
 
     try:
-        return Supervisor(settings, report=report, parent_gone_fd=life_r).run()
+        from leaderrun.supervisor import Supervisor
+
+        return Supervisor(settings, GuardLink(info_w, life_r)).run()
     except LeaderrunError as exc:
         log.error("%s", exc.message)
         return exc.exit_code
@@ -163,4 +263,5 @@ def _worker_main(settings: Settings, life_r: int, info_w: int) -> int:
         log.error("internal error; run with -vv for details", exc_info=settings.verbosity >= 2)
         return 70
     finally:
+        logs.flush(1.0)
         sys.stderr.flush()

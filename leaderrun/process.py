@@ -1,37 +1,62 @@
-"""Starting the child and making sure nothing it started outlives its term.
+"""The child's process tree: start it, signal all of it, know what is left of it — never wait.
 
 leaderrun is a child subreaper (Linux PR_SET_CHILD_SUBREAPER): a process the child leaves behind,
 even one that called setsid() or left the process group, is re-parented to leaderrun rather
-than to init. So "every descendant" is simply every process below us, and we can stop them all
-before we release leadership — the property `etcdctl lock` and zk-flock lack.
+than to init. So "every process of the term" is every process below us, and we can stop them
+all before we release leadership — the property `etcdctl lock` and zk-flock lack.
+
+Where the kernel allows it (cgroup v2 with `cgroup.kill`, Linux >= 5.14, and we may create a
+cgroup) the child also starts alone in a cgroup of its own. Writing `cgroup.kill` SIGKILLs
+every member at once, with no fork race and no permission check on the members, so a tree
+that forks in a loop, or a process that changed user (sudo), still dies. Without a cgroup the
+sweep over our descendants (/proc) does the work, repeated until nothing is left.
+
+This module does not wait for anything: the supervisor and the guard drive it from a single
+`selectors` loop. It sends signals, reports what is alive, and hands out pidfds that become
+readable when a process exits, so the loop wakes on the event instead of polling. The only
+bounded waits are in `spawn` (until the child has called exec, as subprocess does) and in
+`kill_everything_now` (at most about a second, used only when the process is going away).
+
+The guard process imports this module too and must stay light: standard library only, and
+nothing costly at import time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
+import select
 import signal
-import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
-import psutil
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import NamedTuple, NoReturn
 
 from leaderrun.errors import CommandNotExecutable, CommandNotFound, signal_exit_code
 
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
-POLL_INTERVAL = 0.02
-KILL_WAIT = 5.0
+
+#: Set to "off" (or 0/no/false) to never use a cgroup: the /proc sweep alone stops the tree.
+CGROUP_ENV = "LEADERRUN_CGROUP"
+_OFF_VALUES = frozenset({"off", "0", "no", "false"})
+
+#: kill_everything_now gives up after this long (seconds) and reports the survivors.
+KILL_NOW_WAIT = 1.0
+_KILL_NOW_ROUNDS = 10
+
+# Markers the forked child writes to the exec-error pipe before exec succeeds (which closes
+# the pipe): "the cgroup move failed, running without it" and "exec failed, exiting".
+_CGROUP_FAILED = b"C"
+_EXEC_FAILED = b"E"
 
 
 def become_subreaper() -> None:
     """Adopt every orphaned descendant, so none can escape the clean-up."""
+    import ctypes  # only the processes that call this pay for ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
@@ -54,140 +79,632 @@ def resolve_command(command: Sequence[str]) -> str:
     raise CommandNotFound(f"command not found in PATH: {name}")
 
 
-@dataclass
-class Child:
-    """The command, running as the leader of its own process group."""
+# -- cgroup ----------------------------------------------------------------------------------
 
-    popen: subprocess.Popen[bytes]
+
+class Cgroup:
+    """A cgroup v2 directory created for one term's child; None-able everywhere.
+
+    It exists so that the whole term can be SIGKILLed atomically through `cgroup.kill`: no
+    process forked while we sweep can slip through, and processes we may not signal (another
+    user's, after sudo) die too. Everything that uses it has a fallback (the /proc sweep), so
+    `create` returns None rather than fail: set ``LEADERRUN_CGROUP=off`` to force that
+    fallback (tests use it; so can a host whose cgroup setup leaderrun should not touch).
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Cgroup({self.path!r})"
+
+    @classmethod
+    def create(cls, name: str) -> Cgroup | None:
+        """Make ``<our own cgroup>/leaderrun-<name>`` on the writable cgroup2 mount.
+
+        The mount is found through /proc/self/mountinfo, never assumed (hybrid layouts mount
+        cgroup2 at /sys/fs/cgroup/unified, containers elsewhere). The cgroup is usable only if
+        it has `cgroup.kill` (Linux >= 5.14), is a plain "domain" cgroup that may hold
+        processes, and we may write `cgroup.procs` (of it and of our own cgroup: moving a
+        process needs both). Otherwise, or when not root, read-only, without cgroup2, or with
+        ``LEADERRUN_CGROUP=off``: None. Should the child's move still fail (the kernel's "no
+        internal processes" rule, delegation), `spawn` notices and drops the cgroup.
+        """
+        if os.environ.get(CGROUP_ENV, "").strip().lower() in _OFF_VALUES:
+            return None
+        parent = _own_cgroup_dir()
+        if parent is None:
+            return None
+        path = os.path.join(parent, "leaderrun-" + _safe_name(name))
+        try:
+            try:
+                os.mkdir(path, 0o755)
+            except FileExistsError:
+                os.rmdir(path)  # a stale, empty one from an earlier run with the same name
+                os.mkdir(path, 0o755)
+        except OSError as exc:
+            log.debug("no cgroup for the child (%s): %s", path, exc)
+            return None
+        cgroup = cls(path)
+        if not cgroup._usable(parent):
+            cgroup.remove()
+            return None
+        return cgroup
+
+    def _usable(self, parent: str) -> bool:
+        if not os.path.exists(os.path.join(self.path, "cgroup.kill")):
+            log.debug("cgroup %s has no cgroup.kill (Linux < 5.14): not used", self.path)
+            return False
+        try:
+            with open(os.path.join(self.path, "cgroup.type"), encoding="ascii") as f:
+                kind = f.read().strip()
+        except OSError:
+            kind = "domain"
+        return (
+            kind == "domain"
+            and os.access(os.path.join(self.path, "cgroup.procs"), os.W_OK)
+            and os.access(os.path.join(parent, "cgroup.procs"), os.W_OK)
+        )
 
     @property
-    def pid(self) -> int:
-        return self.popen.pid
+    def procs_path(self) -> str:
+        """The file a process is moved in through, and that lists the members."""
+        return os.path.join(self.path, "cgroup.procs")
+
+    def add(self, pid: int) -> None:
+        """Move `pid` into this cgroup (OSError if the kernel refuses)."""
+        _write(self.procs_path, str(pid).encode())
+
+    def kill(self) -> bool:
+        """SIGKILL every member at once (no fork race, no permission check on the members).
+
+        False if the kernel refused the write; the caller still has the /proc sweep.
+        """
+        try:
+            _write(os.path.join(self.path, "cgroup.kill"), b"1")
+        except OSError as exc:
+            log.warning("cannot write %s/cgroup.kill: %s", self.path, exc)
+            return False
+        return True
+
+    def pids(self) -> list[int]:
+        """The live members (zombies are not listed); [] once the cgroup is gone."""
+        return _cgroup_pids(self.path)
+
+    def remove(self) -> None:
+        """Delete the (empty) cgroup. Still busy or already gone is not an error here: the
+        caller tries again once the last member has exited."""
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                log.warning("cannot remove cgroup %s: %s", self.path, exc)
+
+
+def _own_cgroup_dir() -> str | None:
+    """Our own cgroup v2 directory on a writable cgroup2 mount, or None."""
+    own = None
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    own = line[3:].rstrip("\n")
+                    break
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            mounts = f.read().splitlines()
+    except OSError:
+        return None
+    if own is None or not own.startswith("/") or own.endswith(" (deleted)"):
+        return None
+    for line in mounts:
+        left, sep, right = line.partition(" - ")
+        after = right.split()
+        fields = left.split()
+        if not sep or len(after) < 3 or after[0] != "cgroup2" or len(fields) < 6:
+            continue
+        root, mount_point = _unescape(fields[3]), _unescape(fields[4])
+        if "rw" not in fields[5].split(",") or "rw" not in after[2].split(","):
+            continue
+        if root == "/":
+            relative = own
+        elif own == root or own.startswith(root + "/"):
+            relative = own[len(root) :]
+        else:
+            continue  # this mount does not show our cgroup
+        directory = mount_point.rstrip("/") + relative.rstrip("/")
+        if os.path.isdir(directory or "/"):
+            return directory or "/"
+    return None
+
+
+def _unescape(field: str) -> str:
+    """Undo mountinfo's octal escapes (a space is written as \\040)."""
+    if "\\" not in field:
+        return field
+    import re
+
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _cgroup_pids(path: str) -> list[int]:
+    try:
+        with open(os.path.join(path, "cgroup.procs"), "rb") as f:
+            return [int(line) for line in f.read().split()]
+    except OSError:
+        return []
+
+
+# -- the child -------------------------------------------------------------------------------
+
+
+class Child:
+    """The command of one term, leader of its own process group (and alone in its cgroup).
+
+    `pidfd` becomes readable when the child exits, so the supervisor's loop wakes on it; its
+    status is collected only by `exit_status` (nothing else in this module reaps it), and the
+    unreaped zombie keeps the pid (and so the process group id) from being reused meanwhile.
+    """
+
+    __slots__ = ("_status", "cgroup", "pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int, cgroup: Cgroup | None) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.cgroup = cgroup
+        self._status: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Child(pid={self.pid}, status={self._status}, cgroup={self.cgroup!r})"
+
+    @property
+    def reaped(self) -> bool:
+        """Its status is collected: the pid is free for reuse and must not be signalled."""
+        return self._status is not None
 
     def exit_status(self) -> int | None:
-        """The shell-style status (128+N for a signal), or None while it runs."""
-        code = self.popen.poll()
-        if code is None:
+        """The shell-style status (128+N for signal N), or None while it runs. Never blocks."""
+        if self._status is not None:
+            return self._status
+        try:
+            pid, wait_status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            log.error("the status of child pid %d was collected elsewhere", self.pid)
+            self._status = 255
+            return self._status
+        if pid == 0:
             return None
-        return signal_exit_code(-code) if code < 0 else code
+        code = os.waitstatus_to_exitcode(wait_status)
+        self._status = signal_exit_code(-code) if code < 0 else code
+        return self._status
 
     def send_signal(self, signum: int) -> None:
-        """Signal the child's whole process group, as a terminal would."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signum)
+        """Signal the child's whole process group, as a terminal would.
 
-
-def spawn(command: Sequence[str], env: Mapping[str, str]) -> Child:
-    """Start COMMAND directly (no shell) in its own process group, stdio inherited."""
-    try:
-        popen = subprocess.Popen(list(command), env=dict(env), process_group=0, close_fds=True)
-    except FileNotFoundError:
-        raise CommandNotFound(f"command not found: {command[0]}") from None
-    except PermissionError:
-        raise CommandNotExecutable(f"command is not executable: {command[0]}") from None
-    except OSError as exc:
-        if exc.errno == errno.ENOEXEC:
-            raise CommandNotExecutable(
-                f"command is not executable: {command[0]} (missing #! line?)"
-            ) from None
-        raise
-    return Child(popen)
-
-
-def live_descendants(keep: int | None = None) -> list[psutil.Process]:
-    """Every process below us that has not exited yet (zombies are reaped, not listed)."""
-    reap_zombies(keep)
-    alive = []
-    for proc in psutil.Process().children(recursive=True):
+        A group that is gone is not an error; one we may not signal (the child changed user
+        and we lack CAP_KILL) is logged: `signal_tree` reports such processes to the caller.
+        """
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            log.warning("not permitted to signal the process group of child pid %d", self.pid)
+
+    def close(self) -> None:
+        """Release the pidfd, and the cgroup once it is empty (else the caller retries
+        `cgroup.remove()` later). Safe to call twice."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        if self.cgroup is not None and not self.cgroup.pids():
+            self.cgroup.remove()
+
+
+def spawn(command: Sequence[str], env: Mapping[str, str], cgroup: Cgroup | None) -> Child:
+    """Start COMMAND directly (no shell) in its own process group, stdio inherited.
+
+    Through fork + exec rather than subprocess, because the child must already be in its
+    cgroup when the command starts (else something it forks at once could escape
+    `cgroup.kill`), and Python 3.11's Popen cannot do that without preexec_fn. The forked child
+    runs only a few os-level calls: its own process group, the cgroup move, default signal
+    dispositions and an empty signal mask (the worker ignores or handles signals and has a
+    wakeup fd; the command must see a default SIGTERM), every fd above 2 closed, exec. Exec
+    errors come back through a close-on-exec pipe, as with subprocess, so they raise
+    CommandNotFound / CommandNotExecutable here (and `cgroup` is removed: no Child will own
+    it). If the child cannot join `cgroup`, the command still runs, without it (logged; the
+    returned Child's cgroup is None). Returns once the command has been exec'd.
+    """
+    if not command:
+        raise ValueError("empty command")
+    argv = [os.fsencode(arg) for arg in command]
+    name = argv[0]
+    if os.path.dirname(name):
+        candidates = [name]
+    else:
+        candidates = [os.path.join(os.fsencode(d), name) for d in os.get_exec_path(env)]
+    child_env: dict[bytes, bytes] = {}
+    for key, value in env.items():
+        k, v = os.fsencode(key), os.fsencode(value)
+        if not k or b"=" in k or b"\0" in k or b"\0" in v:
+            raise ValueError(f"illegal environment variable name or value: {key!r}")
+        child_env[k] = v
+    procs = os.fsencode(cgroup.procs_path) if cgroup is not None else None
+    uncatchable = (signal.SIGKILL, signal.SIGSTOP)
+    signals: list[int] = [int(s) for s in signal.valid_signals() if s not in uncatchable]
+    max_fd = os.sysconf("SC_OPEN_MAX")
+    if max_fd < 3:  # -1: no limit reported
+        max_fd = 65536
+
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    # No signal handler may run in the forked child before its dispositions are reset: block
+    # everything across the fork; the child unblocks just before exec, the parent at once.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _exec_child(argv, candidates, child_env, procs, err_w, max_fd, signals)
+    except BaseException:
+        os.close(err_r)
+        os.close(err_w)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    os.close(err_w)
+    try:
+        pidfd = os.pidfd_open(pid)
+        report = _read_all(err_r)  # EOF at exec (close-on-exec) or at the child's _exit
+    except BaseException:
+        os.close(err_r)
+        _abandon(pid)
+        raise
+    os.close(err_r)
+    if _CGROUP_FAILED in report and cgroup is not None:
+        log.warning(
+            "cannot move the child into cgroup %s (%s); stopping its tree without it",
+            cgroup.path,
+            _errno_text(report, _CGROUP_FAILED),
+        )
+        cgroup.remove()
+        cgroup = None
+    if _EXEC_FAILED in report:
+        os.close(pidfd)
+        os.waitpid(pid, 0)  # it wrote the report and exits at once
+        if cgroup is not None:
+            cgroup.remove()
+        raise _exec_error(command[0], _errno_of(report, _EXEC_FAILED))
+    return Child(pid, pidfd, cgroup)
+
+
+def _exec_child(
+    argv: list[bytes],
+    candidates: list[bytes],
+    env: dict[bytes, bytes],
+    procs: bytes | None,
+    err_w: int,
+    max_fd: int,
+    signals: list[int],
+) -> NoReturn:
+    """The forked child, up to exec: os-level calls only, no locks, no logging, no imports."""
+    try:
+        os.setpgid(0, 0)
+        if procs is not None:
+            try:
+                fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"0")  # "0" moves the writer itself
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                os.write(err_w, _CGROUP_FAILED + str(exc.errno).encode() + b"\n")
+        for signum in signals:
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(signum, signal.SIG_DFL)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        os.closerange(3, err_w)
+        os.closerange(err_w + 1, max_fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        failure = errno.ENOENT
+        for path in candidates:
+            try:
+                os.execve(path, argv, env)
+            except OSError as exc:
+                # Like execvp: a later "not found" must not hide "not executable".
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and failure == errno.ENOENT:
+                    failure = exc.errno or errno.EINVAL
+        os.write(err_w, _EXEC_FAILED + str(failure).encode() + b"\n")
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            os.write(err_w, _EXEC_FAILED + str(errno.EINVAL).encode() + b"\n")
+    finally:
+        os._exit(127)
+
+
+def _read_all(fd: int) -> bytes:
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
+    return data
+
+
+def _errno_of(report: bytes, marker: bytes) -> int:
+    for line in report.split(b"\n"):
+        if line.startswith(marker):
+            try:
+                return int(line[len(marker) :])
+            except ValueError:
+                break
+    return errno.EINVAL
+
+
+def _errno_text(report: bytes, marker: bytes) -> str:
+    return os.strerror(_errno_of(report, marker))
+
+
+def _exec_error(name: str, err: int) -> Exception:
+    """The same messages as when the child was started through subprocess."""
+    if err in (errno.ENOENT, errno.ENOTDIR):
+        return CommandNotFound(f"command not found: {name}")
+    if err in (errno.EACCES, errno.EPERM):
+        return CommandNotExecutable(f"command is not executable: {name}")
+    if err == errno.ENOEXEC:
+        return CommandNotExecutable(f"command is not executable: {name} (missing #! line?)")
+    return OSError(err, os.strerror(err), name)
+
+
+def _abandon(pid: int) -> None:
+    """Spawning was interrupted (KeyboardInterrupt...): do not leave the child behind."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
+
+
+# -- the tree --------------------------------------------------------------------------------
+
+
+class Sweep(NamedTuple):
+    """What one round of signalling reached."""
+
+    signalled: list[int]  # pids we signalled successfully
+    refused: list[int]  # pids that refused (EPERM): cannot be killed by us
+
+
+class _Stat(NamedTuple):
+    ppid: int
+    state: str
+    pgrp: int
+
+
+def _scan() -> dict[int, _Stat]:
+    """{pid: (ppid, state, pgrp)} of every process, from /proc/<pid>/stat."""
+    table: dict[int, _Stat] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name (field 2) is in parentheses and may itself contain ") ".
+        fields = stat[stat.rfind(b")") + 1 :].split()
+        if len(fields) < 3:
+            continue
+        table[int(entry)] = _Stat(
+            int(fields[1]), fields[0].decode("ascii", "replace"), int(fields[2])
+        )
+    return table
+
+
+def _has_live_threads(pid: int) -> bool:
+    """A zombie thread-group leader whose other threads still run is alive."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
+
+
+def live_tree(root_pid: int | None = None, exclude: Collection[int] = ()) -> list[int]:
+    """Pids of every live (non-zombie) descendant of `root_pid` (default: us), from /proc.
+
+    Zombies met on the way that are children of the calling process are reaped — orphans
+    re-parented to us as subreaper — except those in `exclude`: the caller passes the pid of
+    its unreaped Child there, whose status belongs to `Child.exit_status`. Pids in `exclude`
+    are not listed, but their descendants are. Never blocks (waitpid with WNOHANG).
+    """
+    return list(_live_tree(os.getpid() if root_pid is None else root_pid, set(exclude)))
+
+
+def _live_tree(root: int, skip: set[int]) -> dict[int, int]:
+    """{pid: process group} of the live descendants of `root` (see `live_tree`)."""
+    me = os.getpid()
+    table = _scan()
+    children: dict[int, list[int]] = {}
+    for pid, stat in table.items():
+        children.setdefault(stat.ppid, []).append(pid)
+    alive: dict[int, int] = {}
+    stack = [root]
+    seen = {root}
+    while stack:
+        for pid in children.get(stack.pop(), ()):
+            if pid in seen:
+                continue
+            seen.add(pid)
+            stack.append(pid)
+            if pid in skip or pid == me:
+                continue
+            stat = table[pid]
+            if stat.state in ("Z", "X"):
+                if stat.state == "Z" and stat.ppid == me and _reap(pid):
+                    continue
+                if not _has_live_threads(pid):
+                    continue
+            alive[pid] = stat.pgrp
     return alive
 
 
-def reap_zombies(keep: int | None = None) -> None:
-    """Collect exited orphans that were re-parented to us, except the child `keep`.
+def _reap(pid: int) -> bool:
+    """Collect a zombie child of ours; False if it is not reapable yet (live threads)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True  # someone else collected it: gone either way
+    return done != 0
 
-    The child's own status is collected by its Popen object; reaping it here would lose it.
+
+def signal_tree(child: Child | None, signum: int, exclude: Collection[int] = ()) -> Sweep:
+    """Send `signum` to every process of the term: the child's process group (while the child
+    runs), every live descendant of the calling process except `exclude`, the members of the
+    child's cgroup and, for SIGKILL, the whole cgroup through `cgroup.kill` — which also kills
+    what we may not signal ourselves (a child that changed user through sudo).
+
+    Pids that refuse the signal (EPERM) are returned in `refused`, unless `cgroup.kill` took
+    care of them: the caller must not release leadership while such a process lives.
     """
-    for proc in psutil.Process().children():
-        if proc.pid == keep:
-            continue
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(proc.pid, os.WNOHANG)
-        except (psutil.NoSuchProcess, ChildProcessError):
-            continue
+    skip = set(exclude)
+    running = child is not None and child.exit_status() is None
+    pgid = None
+    extra: list[int] = []
+    cgroup_path = None
+    if child is not None:
+        if not child.reaped:
+            skip.add(child.pid)  # its status belongs to Child.exit_status
+        if running and child.pid not in set(exclude):
+            pgid = child.pid
+            extra.append(child.pid)
+        if child.cgroup is not None:
+            cgroup_path = child.cgroup.path
+    return _sweep(os.getpid(), pgid, extra, cgroup_path, signum, skip)
 
 
-def signal_all(child: Child | None, signum: int) -> int:
-    """Send `signum` to the child's process group and to every descendant; count targets."""
-    targets = live_descendants(_pid_of(child))
-    if child is not None and child.exit_status() is None:
-        child.send_signal(signum)
-    for proc in targets:
-        try:
-            proc.send_signal(signum)
-        except psutil.NoSuchProcess:
-            continue
-    return len(targets)
+def signal_tree_of(
+    root_pid: int, child_pgid: int | None, cgroup_path: str | None, signum: int
+) -> Sweep:
+    """For the guard (the worker's parent): send `signum` to the worker's child's process group,
+    to every live descendant of the worker `root_pid` but not to the worker itself, to the
+    members of the child's cgroup and, for SIGKILL, to the cgroup through `cgroup.kill`.
 
-
-def _all_gone(child: Child | None) -> bool:
-    if child is not None and child.exit_status() is None:
-        return False
-    return not live_descendants(_pid_of(child))
-
-
-def _pid_of(child: Child | None) -> int | None:
-    return child.pid if child is not None and child.popen.returncode is None else None
-
-
-def _wait_all_gone(child: Child | None, until: float) -> bool:
-    while True:
-        if _all_gone(child):
-            return True
-        if time.monotonic() >= until:
-            return False
-        time.sleep(min(POLL_INTERVAL, max(0.0, until - time.monotonic())))
-
-
-def stop_everything(child: Child | None, grace: float, kill_by: float | None = None) -> None:
-    """SIGTERM the child's group and all descendants, SIGKILL what is left after `grace`.
-
-    `kill_by` (monotonic) brings the SIGKILL forward when the lease deadline is nearer than the
-    grace period: the timing rule beats politeness.
+    The guard stops the tree at the deadline even if the worker is stalled; it must not kill
+    the worker, which still has to release the lease. Never blocks.
     """
-    if _all_gone(child):
-        return
-    started = time.monotonic()
-    kill_at = started + grace if kill_by is None else min(started + grace, kill_by)
-    if kill_at > started:
-        count = signal_all(child, signal.SIGTERM)
-        log.debug("sent SIGTERM to %d process(es)", count)
-        if _wait_all_gone(child, kill_at):
-            return
-    count = signal_all(child, signal.SIGKILL)
-    log.warning("killed %d process(es) with SIGKILL after %.1fs", count, kill_at - started)
-    if not _wait_all_gone(child, time.monotonic() + KILL_WAIT):
-        log.error(
-            "processes still alive %.0fs after SIGKILL (uninterruptible sleep?): %s",
-            KILL_WAIT,
-            ", ".join(str(p.pid) for p in live_descendants(_pid_of(child))),
-        )
+    return _sweep(root_pid, child_pgid, [], cgroup_path, signum, {root_pid})
 
 
-def kill_everything_now() -> None:
-    """SIGKILL every descendant at once: leaderrun's own process is gone, no time for grace."""
-    for _ in range(100):
-        targets = live_descendants()
+def _sweep(
+    root: int,
+    pgid: int | None,
+    extra: list[int],
+    cgroup_path: str | None,
+    signum: int,
+    skip: set[int],
+) -> Sweep:
+    me = os.getpid()
+    tree = _live_tree(root, skip)
+    grouped: set[int] = set()
+    if pgid is not None and pgid > 1 and pgid != os.getpgrp():
+        # The group after the scan: this also reaches members forked since. Each process is
+        # then signalled on its own as well, to learn which ones refuse (EPERM): killpg
+        # succeeds as soon as one member accepts.
+        try:
+            os.killpg(pgid, signum)
+            grouped = {pid for pid, group in tree.items() if group == pgid}
+            grouped.update(extra)
+        except (ProcessLookupError, PermissionError):
+            pass
+    targets = dict.fromkeys([*extra, *tree])
+    members = _cgroup_pids(cgroup_path) if cgroup_path is not None else []
+    targets.update(dict.fromkeys(p for p in members if p not in skip))
+    targets.pop(me, None)
+    targets.pop(root, None)
+    signalled: list[int] = []
+    refused: list[int] = []
+    for pid in targets:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            if pid in grouped:  # killed by killpg and already reaped
+                signalled.append(pid)
+            continue
+        except PermissionError:
+            refused.append(pid)
+            continue
+        signalled.append(pid)
+    if cgroup_path is not None and signum == signal.SIGKILL:
+        # Read the members again: whatever is in the cgroup now dies with this write,
+        # including anything forked after the sweep above.
+        members = _cgroup_pids(cgroup_path)
+        if Cgroup(cgroup_path).kill():
+            in_cgroup = set(members)
+            killed = [p for p in refused if p in in_cgroup]
+            refused = [p for p in refused if p not in in_cgroup]
+            signalled.extend(p for p in [*killed, *members] if p not in signalled)
+    return Sweep(signalled, refused)
+
+
+def watch_fds(pids: Iterable[int]) -> dict[int, int]:
+    """{pidfd: pid} for each pid still alive; each fd becomes readable when its process exits.
+
+    The caller owns the fds and must close them (os.close) when done. Pids already gone are
+    left out.
+    """
+    fds: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            continue
+    return fds
+
+
+def kill_everything_now() -> list[int]:
+    """SIGKILL every live descendant at once and reap them; return those still alive after
+    about a second (uninterruptible sleep...). For a process that is going away: no time for
+    grace. Waits on pidfds (poll), never sleeps; rounds repeat for what was forked meanwhile.
+    """
+    deadline = time.monotonic() + KILL_NOW_WAIT
+    for _ in range(_KILL_NOW_ROUNDS):
+        targets = live_tree()
         if not targets:
-            return
-        for proc in targets:
+            return []
+        for pid in targets:
             try:
-                proc.kill()
-            except psutil.NoSuchProcess:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
                 continue
-        psutil.wait_procs(targets, timeout=0.5)
+        fds = watch_fds(targets)
+        try:
+            poller = select.poll()  # not select.select: pidfds may be above FD_SETSIZE
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            pending = len(fds)
+            while pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                for fd, _ in poller.poll(remaining * 1000):
+                    poller.unregister(fd)
+                    pending -= 1
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if time.monotonic() >= deadline:
+            break
+    return live_tree()

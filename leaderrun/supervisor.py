@@ -1,35 +1,40 @@
-"""The supervision state machine of `run`: campaign, run the child, stop it in time, release.
+"""The supervision state machine of `run` (the worker process): campaign, lead, stop, release.
 
     CONNECTING -> CAMPAIGNING -> LEADING (child runs) -> STOPPING -> RELEASED -> exit
                       ^                                                  |
                       +------------------ --forever ---------------------+
 
-Safety lives here and only here. While the child runs, the loop wakes for whichever comes
-first: the child exits, a signal arrives, the backend reports leadership lost, or the moment
-`t_ack + T - safety - kill_grace` — from which the child is stopped whether or not the backend
-has said anything, so no process of it is alive when the server could expire the lease.
+One loop, one place it waits (`events.wait`): signals, the store's news (a renewal answered,
+the term lost: the backend's threads poke a pipe), the child's pidfd, the pidfds of what it
+left behind, the guard's death. The only timeouts are this term's own deadlines, computed by
+`TermPlan` from the lease clock. Safety comes first in every pass: from
+`t_ack + T - safety - kill_grace` on the child is stopped, whatever else is going on, and the
+guard process holds the same deadline in case this process stalls.
+
+Nothing on the path between a deadline and the kill can block: log lines go to a bounded
+queue (`leaderrun.log`), reports to the guard are non-blocking writes, store requests run on
+threads and are awaited in the loop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import random
-import select
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import FrameType
-from typing import Any, TypeVar, cast
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeVar
 
-from leaderrun import metrics, process
-from leaderrun.backends import Backend, Candidate, Leadership, backend_class
+from leaderrun import events, metrics, process
+from leaderrun.backends import Backend, Cancelled, Candidate, Flag, Term, backend_class
 from leaderrun.errors import BackendUnreachable, ExitCode, signal_exit_code
+from leaderrun.guard import GuardLink
 from leaderrun.log import event
 from leaderrun.record import candidate_value, parse_value
 from leaderrun.settings import Settings, Timing
@@ -37,43 +42,10 @@ from leaderrun.settings import Settings, Timing
 log = logging.getLogger("leaderrun")
 T = TypeVar("T")
 
-FORWARDED_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HIDDEN_ENV = ("NOTIFY_SOCKET", "LEADERRUN_PASSWORD")
 BACKOFF_MAX = 30.0
-
-
-@dataclass
-class Signals:
-    """Signals received, drained by the main loop; a pipe wakes the loop when one arrives."""
-
-    pending: list[int] = field(default_factory=list)
-    read_fd: int = -1
-    write_fd: int = -1
-
-    def install(self) -> None:
-        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        for signum in FORWARDED_SIGNALS:
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.pending.append(signum)
-        with contextlib.suppress(BlockingIOError):
-            os.write(self.write_fd, b"!")
-
-    def drain(self) -> list[int]:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self.read_fd, 512):
-                pass
-        taken, self.pending[:] = list(self.pending), []
-        return taken
+#: How long a cancelled store call may take to notice (its in-flight request times out).
+CANCEL_GRACE = 2.5
 
 
 class Stop(Exception):
@@ -85,71 +57,142 @@ class Stop(Exception):
 
 
 class StoreSilent(Exception):
-    """The store did not answer a request before the term's safety deadline."""
+    """The store did not answer a request before the term's stop point."""
+
+
+class Action(Enum):
+    """What the LEADING loop must do now (`TermPlan.decide`)."""
+
+    WAIT = "wait"
+    AT_RISK = "at_risk"  # the deadline came: stop everything, exit 75
+    LOST = "lost"  # the store said the term is over: stop everything, exit 75
+    KILL = "kill"  # the grace period is over: SIGKILL what is left
+    DONE = "done"  # nothing of the term is left: release
+
+
+@dataclass
+class TermPlan:
+    """The deadline arithmetic of one term, kept free of I/O so a fake clock can drive it.
+
+    `decide` is called on every wake-up with what is known now and returns the one action to
+    take; `wake_at` says when the loop must wake up if nothing else happens first.
+    """
+
+    timing: Timing
+    #: The exit code, once decided: the child's status, or 75 once the term is over.
+    outcome: int | None = None
+    #: A stop signal was forwarded: the child may end by itself until `kill_at`.
+    forwarded_stop: bool = False
+    kill_at: float | None = None
+    killed_at: float | None = None
+
+    def decide(self, now: float, lease_deadline: float, lost: bool, tree_alive: bool) -> Action:
+        at_risk = now >= self.timing.stop_at(lease_deadline)
+        if self.outcome != ExitCode.LOST and not self._stopping_by_signal():
+            if at_risk:
+                # A term past its deadline never keeps its child, nor reports a status that
+                # the guard's kill (while this process was stopped) may have caused.
+                return Action.AT_RISK
+            if lost and tree_alive:
+                return Action.LOST
+        if not tree_alive and self.outcome is not None:
+            return Action.DONE
+        if self.kill_at is not None and now >= self.kill_at and self.killed_at is None:
+            return Action.KILL
+        if self.killed_at is not None and now >= self.killed_at + self.timing.kill_grace:
+            return Action.KILL  # survivors of SIGKILL: sweep again, and say so
+        return Action.WAIT
+
+    def _stopping_by_signal(self) -> bool:
+        """A forwarded SIGTERM is already bringing the child down within a kill time that the
+        deadline bounds (see `stop`), so losing the term changes nothing but the log."""
+        return self.forwarded_stop and self.outcome is None
+
+    def stop(self, now: float, lease_deadline: float, outcome: int | None = None) -> None:
+        """Stopping begins now: SIGKILL after the kill grace, or earlier if the lease demands.
+
+        The lease deadline only moves later, so a kill time set now stays ahead of it.
+        """
+        if outcome is not None:
+            self.outcome = outcome
+        kill_at = min(now + self.timing.kill_grace, self.timing.kill_by(lease_deadline))
+        if self.kill_at is None or kill_at < self.kill_at:
+            self.kill_at = kill_at
+
+    def killed(self, now: float) -> None:
+        self.killed_at = now
+
+    def wake_at(self, lease_deadline: float) -> float | None:
+        """The next moment the loop must act by itself."""
+        moments = []
+        if self.outcome != ExitCode.LOST:
+            moments.append(self.timing.stop_at(lease_deadline))
+        if self.kill_at is not None and self.killed_at is None:
+            moments.append(self.kill_at)
+        if self.killed_at is not None:
+            moments.append(self.killed_at + self.timing.kill_grace)
+        return min(moments) if moments else None
 
 
 class Supervisor:
     """Runs one `leaderrun run` inside the worker process (see `guard`)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        report: Callable[[dict[str, object]], None] = lambda event: None,
-        parent_gone_fd: int | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, guard: GuardLink | None = None) -> None:
         self.settings = settings
-        self.report = report
-        self.parent_gone_fd = parent_gone_fd
-        self.signals = Signals()
-        self.cancel = threading.Event()
-        self.lost_wake_r, self.lost_wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.guard = guard or GuardLink()
+        self.wakeup = events.Wakeup()
+        self.inbox: events.SignalInbox | None = None
         self.stop_signal: int | None = None
         self.skipped = False
         self.command_path = ""
-        self.elected_at = 0.0
         self.queued_at = 0.0
+        self.elected_at = 0.0
+        self.term: Term | None = None
+        self.cancel = Flag()
         self.backend: Backend
 
     # -- entry point --------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.signals.install()
+        self.inbox = events.SignalInbox()
         process.become_subreaper()
         if self.settings.metrics_addr:
             metrics.serve(self.settings.metrics_addr)
         self.command_path = process.resolve_command(self.settings.command)
         backend = backend_class(self.settings.backend.scheme)(self.settings)
         backend.on_waiting = self._on_waiting
+        backend.on_term_change = self._on_term_change
+        backend.on_queued = self._on_queued
         self.backend = backend
         try:
             if self.settings.forever:
-                return self._run_forever(backend)
-            return self._run_once(backend)
+                return self._run_forever()
+            return self._run_once()
         except Stop as stop:
             return self._stop_exit_code(stop.signum)
         finally:
             backend.close()
 
-    def _run_once(self, backend: Backend) -> int:
-        self._connect(backend)
-        leadership = self._campaign(backend)
-        if leadership is None:
+    def _run_once(self) -> int:
+        self._connect()
+        term = self._campaign()
+        if term is None:
             if self.skipped:
                 return self.settings.skip_exit_code
             raise Stop(self.stop_signal or signal.SIGTERM)
-        return self._term(backend, leadership)
+        return self._term(term)
 
-    def _run_forever(self, backend: Backend) -> int:
+    def _run_forever(self) -> int:
         """Daemon mode: campaign again after every term; only a stop signal ends it."""
         failures = 0
         while True:
             try:
-                self._connect(backend)
+                self._connect()
                 failures = 0
-                leadership = self._campaign(backend)
-                if leadership is None:
+                term = self._campaign()
+                if term is None:
                     raise Stop(self.stop_signal or signal.SIGTERM)
-                self._term(backend, leadership)
+                self._term(term)
                 if self.stop_signal is not None:
                     raise Stop(self.stop_signal)
                 delay = self.settings.restart_delay
@@ -166,23 +209,96 @@ class Supervisor:
             return ExitCode.OK
         return signal_exit_code(signum)
 
+    # -- waiting outside a term ---------------------------------------------------------------
+
+    def _idle_fds(self) -> list[int]:
+        assert self.inbox is not None
+        fds = [self.inbox.fd]
+        if self.guard.gone_fd is not None:
+            fds.append(self.guard.gone_fd)
+        return fds
+
+    def _check_idle(self, ready: set[int]) -> int | None:
+        """While not leading: the stop signal that arrived, if any (others are ignored)."""
+        assert self.inbox is not None
+        if self.guard.gone_fd is not None and self.guard.gone_fd in ready:
+            return signal.SIGKILL
+        if self.inbox.fd in ready:
+            for signum in self.inbox.take():
+                if signum in events.STOP_SIGNALS:
+                    return signum
+        return None
+
     def _pause(self, seconds: float) -> None:
         """Wait between terms, but answer a stop signal at once."""
-        deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select(self._wake_fds(), [], [], remaining)
-            self._check_stop_while_idle(readable)
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            signum = self._check_idle(events.wait(self._idle_fds(), until))
+            if signum is not None:
+                raise Stop(signum)
+
+    def _await(
+        self,
+        call: Callable[[], T],
+        cancel: Flag,
+        give_up_at: float | None = None,
+        on_give_up: Callable[[], None] = lambda: None,
+        grace: float = CANCEL_GRACE,
+    ) -> T:
+        """Run a blocking store call on a thread and wait for it here, where signals, the
+        guard's death and `give_up_at` still end the wait: they set `cancel`, and the call
+        returns (or raises Cancelled) as soon as its in-flight request is over; a call still
+        running `grace` seconds later is left behind (Cancelled)."""
+        done = events.Wakeup()
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = call()
+            except BaseException as exc:  # handed to the caller below
+                box["error"] = exc
+            finally:
+                done.poke()
+
+        thread = threading.Thread(target=target, name="store-call", daemon=True)
+        thread.start()
+        cancelled_at: float | None = None
+        try:
+            while thread.is_alive():
+                until = give_up_at if cancelled_at is None else cancelled_at + grace
+                ready = events.wait([done.fd, *self._idle_fds()], until)
+                signum = self._check_idle(ready)
+                if signum is not None and self.stop_signal is None:
+                    self.stop_signal = signum
+                    cancel.set()
+                if give_up_at is not None and time.monotonic() >= give_up_at:
+                    give_up_at = None
+                    on_give_up()
+                    cancel.set()
+                if cancel.is_set() and cancelled_at is None:
+                    cancelled_at = time.monotonic()
+                if cancelled_at is not None and time.monotonic() >= cancelled_at + grace:
+                    raise Cancelled()  # a request stuck past its own deadline: leave it
+            thread.join()
+        finally:
+            done.close()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
 
     # -- CONNECTING / CAMPAIGNING -------------------------------------------------------------
 
-    def _connect(self, backend: Backend) -> None:
+    def _connect(self) -> None:
         log.debug("connecting to %s", self.settings.backend, extra=event("connecting"))
-        backend.connect()
+        cancel = Flag()
+        try:
+            self._await(lambda: self.backend.connect(cancel), cancel)
+        except Cancelled:
+            raise Stop(self.stop_signal or signal.SIGTERM) from None
 
-    def _campaign(self, backend: Backend) -> Leadership | None:
+    def _campaign(self) -> Term | None:
         """Queue up and wait to be elected; None if a signal, --no-wait or --wait-timeout
-        ended the wait (the candidacy is then withdrawn)."""
-        self.cancel = threading.Event()
+        ended the wait (the backend has then withdrawn the candidacy)."""
         self.skipped = False
         log.info(
             "campaigning in %s as %s",
@@ -191,62 +307,44 @@ class Supervisor:
             extra=event("campaigning"),
         )
         self._notify("campaigning", ready=True)
-        metrics.IS_LEADER.labels(self.settings.election).set(0)
+        metrics.set_leader(self.settings.election, False)
         self.queued_at = time.time()
         value = candidate_value(
-            self.settings.identity, self.settings.command[0], self._leaderrun_pid(), self.queued_at
+            self.settings.identity,
+            self.settings.command[0],
+            self.guard.leaderrun_pid(),
+            self.queued_at,
         )
-        watcher = threading.Thread(target=self._watch_while_waiting, name="waiting", daemon=True)
-        watcher.start()
-        try:
-            leadership = backend.campaign(value, self.cancel)
-        finally:
-            self.cancel.set()
-            watcher.join()
-        handle = backend.release_handle()
-        if handle is not None:
-            self.report({"event": "lease", "handle": dict(handle)})
-        if leadership is None or self.stop_signal is not None:
-            backend.resign()
-            self.report({"event": "released"})
-            if self.skipped:
-                log.info("not elected; skipping", extra=event("skipped"))
-            return None
-        return leadership
-
-    def _watch_while_waiting(self) -> None:
-        """While waiting, SIGTERM/SIGINT withdraw the candidacy; other signals are ignored."""
+        self.cancel = cancel = Flag()
         give_up_at = (
             time.monotonic() + self.settings.wait_timeout
             if self.settings.wait_timeout is not None
             else None
         )
-        while not self.cancel.is_set():
-            timeout = (
-                0.2 if give_up_at is None else max(0.0, min(0.2, give_up_at - time.monotonic()))
+        try:
+            term = self._await(
+                lambda: self.backend.campaign(value, cancel),
+                cancel,
+                give_up_at,
+                on_give_up=self._skip,
             )
-            readable, _, _ = select.select(self._wake_fds(), [], [], timeout)
-            try:
-                self._check_stop_while_idle(readable)
-            except Stop as stop:
-                self.stop_signal = stop.signum
-                self.cancel.set()
-                return
-            if give_up_at is not None and time.monotonic() >= give_up_at:
-                log.info("not elected within --wait-timeout", extra=event("wait_timeout"))
-                self.skipped = True
-                self.cancel.set()
+        except Cancelled:
+            term = None
+        if term is not None and self.stop_signal is not None:
+            self._release(term)
+            term = None
+        if term is None:
+            self.guard.send("released")
+            if self.skipped:
+                log.info("not elected; skipping", extra=event("skipped"))
+        return term
 
-    def _check_stop_while_idle(self, readable: list[int]) -> None:
-        if self.parent_gone_fd is not None and self.parent_gone_fd in readable:
-            raise Stop(signal.SIGKILL)
-        for signum in self.signals.drain():
-            if signum in STOP_SIGNALS:
-                log.info(
-                    "received %s; withdrawing", signal.Signals(signum).name, extra=event("signal")
-                )
-                raise Stop(signum)
-            log.debug("ignoring %s while not leading", signal.Signals(signum).name)
+    def _skip(self) -> None:
+        self.skipped = True
+
+    def _on_queued(self, term: Term) -> None:
+        """A new lease/session exists: the guard must be able to release it if we die."""
+        self.guard.send("queued", handle=term.handle)
 
     def _on_waiting(self, ahead: Candidate) -> None:
         if self.settings.no_wait:
@@ -258,262 +356,323 @@ class Supervisor:
         )
         self._notify(f"waiting behind {ahead.identity}")
 
+    def _on_term_change(self) -> None:
+        """From the backend's threads: a renewal was answered or the term was lost. The guard
+        gets the new deadline at once, from here, so a stalled loop cannot delay it."""
+        term = self.term
+        if term is not None and term.elected:
+            self._send_deadline(term)
+        self.wakeup.poke()
+
+    def _send_deadline(self, term: Term) -> None:
+        deadline = term.clock.deadline()
+        timing = self._timing(term)
+        rule_point = deadline - timing.safety
+        self.guard.send("deadline", stop=rule_point - timing.kill_grace, kill=rule_point)
+
     # -- LEADING ------------------------------------------------------------------------------
 
-    def _term(self, backend: Backend, leadership: Leadership) -> int:
+    def _term(self, term: Term) -> int:
         """One term as leader: maybe skip (--once-per), run the child, record, release."""
+        self.term = term
         self.elected_at = time.time()
-        metrics.IS_LEADER.labels(self.settings.election).set(1)
-        metrics.TERMS.labels(self.settings.election).inc()
+        metrics.set_leader(self.settings.election, True)
         log.info(
             "elected leader of %s with fencing token %d",
             self.settings.election_path,
-            leadership.token,
-            extra=event("elected", token=leadership.token),
+            term.token,
+            extra=event("elected", token=term.token),
         )
-        self.report({"event": "lease", "handle": dict(backend.release_handle() or {})})
         try:
-            if self._ran_recently(backend, leadership):
+            if self._ran_recently(term):
                 self.skipped = True
                 return self.settings.skip_exit_code
-            if not self._still_safe_to_start(leadership):
+            if self.stop_signal is not None:
+                raise Stop(self.stop_signal)
+            if not self._still_safe_to_start(term):
                 return ExitCode.LOST
             started = time.time()
-            status = self._run_child(leadership)
+            status = self._lead(term)
             if status == 0 and self.settings.once_per is not None:
-                self._record_run(backend, leadership, started)
+                self._record_run(term, started)
             return status
         finally:
-            self._release(backend)
+            self._release(term)
+            self.term = None
 
-    def _still_safe_to_start(self, leadership: Leadership) -> bool:
+    def _still_safe_to_start(self, term: Term) -> bool:
         """Between election and spawn the store was asked things; lead only if nothing was lost
         meanwhile and there is time left before the child would have to be stopped again."""
-        timing = self._timing(leadership)
-        if leadership.lost.is_set():
-            reason = leadership.lost_reason
-        elif time.monotonic() >= timing.stop_at(leadership.clock.deadline()):
+        if term.lost.is_set():
+            reason = term.lost_reason
+        elif time.monotonic() >= self._timing(term).stop_at(term.clock.deadline()):
             reason = "the lease is at risk (renewals failing)"
         else:
             return True
         log.warning(
             "leadership lost before the child started: %s; not starting it",
             reason,
-            extra=event("lost", token=leadership.token),
+            extra=event("lost", token=term.token),
         )
         return False
 
-    def _ask_store(self, leadership: Leadership, call: Callable[[], T]) -> T:
+    def _ask_store(self, term: Term, call: Callable[[], T]) -> T:
         """A store request the term depends on, bounded by when the child would have to be
         stopped: a store that stops answering must not hold the term (or a child) past that."""
-        box: dict[str, Any] = {}
+        stop_at = self._timing(term).stop_at(term.clock.deadline())
 
-        def target() -> None:
-            try:
-                box["value"] = call()
-            except Exception as exc:  # handed to the caller below
-                box["error"] = exc
+        def silent() -> None:
+            term.lose("the store did not answer while the term was starting")
 
-        worker = threading.Thread(target=target, name="store-request", daemon=True)
-        worker.start()
-        timing = self._timing(leadership)
-        worker.join(max(0.0, timing.stop_at(leadership.clock.deadline()) - time.monotonic()))
-        if worker.is_alive():
-            leadership.lose("the store did not answer while the term was starting")
-            raise StoreSilent()
-        if "error" in box:
-            raise box["error"]
-        return cast(T, box["value"])
+        try:
+            return self._await(call, Flag(), give_up_at=stop_at, on_give_up=silent, grace=0.0)
+        except Cancelled:
+            raise StoreSilent() from None
 
-    def _run_child(self, leadership: Leadership) -> int:
+    def _lead(self, term: Term) -> int:
+        """Start the child, supervise it, and return its exit code once its whole tree is gone."""
+        self._send_deadline(term)
+        cgroup = process.Cgroup.create(f"{os.getpid()}-{term.token}")
         child = process.spawn(
-            [self.command_path, *self.settings.command[1:]], self._child_env(leadership)
+            [self.command_path, *self.settings.command[1:]], self._child_env(term), cgroup
         )
-        self.report({"event": "child", "pid": child.pid})
-        metrics.CHILD_STARTS.labels(self.settings.election).inc()
+        self.guard.send("child", pid=child.pid, cgroup=cgroup.path if cgroup else None)
+        metrics.child_started(self.settings.election)
         log.info(
             "started child pid %d: %s",
             child.pid,
             self.settings.command[0],
-            extra=event("child_started", pid=child.pid, token=leadership.token),
+            extra=event("child_started", pid=child.pid, token=term.token),
         )
-        self._notify(f"leader, child pid {child.pid}, token {leadership.token}")
-        self._announce(leadership, child.pid)
-        threading.Thread(
-            target=self._wake_on_lost, args=(leadership,), name="lost-wake", daemon=True
-        ).start()
-        status = self._supervise(child, leadership)
-        metrics.CHILD_EXITS.labels(self.settings.election, str(status)).inc()
+        self._notify(f"leader, child pid {child.pid}, token {term.token}")
+        self._announce(term, child.pid)
+        try:
+            status = self._supervise(child, term)
+        finally:
+            child.close()
+        self.guard.send("tree_gone")
+        metrics.child_exited(self.settings.election, status)
         return status
 
-    def _announce(self, leadership: Leadership, child_pid: int) -> None:
-        """Show operators (`status`) the child's pid and since when we lead.
+    def _supervise(self, child: process.Child, term: Term) -> int:
+        """The LEADING loop: one decision per wake-up (see `TermPlan`)."""
+        assert self.inbox is not None
+        timing = self._timing(term)
+        plan = TermPlan(timing)
+        watched: dict[int, int] = {}  # pidfd -> pid of a leftover we wait for
+        try:
+            while True:
+                now = time.monotonic()
+                deadline = term.clock.deadline()
+                status = child.exit_status()
+                survivors = self._survivors(child, status, watched)
+                tree_alive = status is None or bool(survivors)
+                action = plan.decide(now, deadline, term.lost.is_set(), tree_alive)
+                if action in (Action.AT_RISK, Action.LOST):
+                    self._begin_stop(child, term, plan, action, now, deadline)
+                    continue
+                if action is Action.KILL:
+                    self._kill(child, plan, now)
+                    continue
+                if action is Action.DONE:
+                    return self._finish(child, term, plan)
+                if status is not None and plan.outcome is None:
+                    plan.outcome = status
+                    self._child_exited(child, status, survivors)
+                    if survivors:
+                        plan.stop(now, deadline)
+                        self._signal(child, signal.SIGTERM)
+                    continue
+                fds = [*self._idle_fds(), self.wakeup.fd, *watched]
+                if status is None:
+                    fds.append(child.pidfd)
+                ready = events.wait(fds, plan.wake_at(deadline))
+                self.wakeup.drain()
+                self._handle_inputs(ready, child, term, plan)
+        finally:
+            for fd in watched:
+                os.close(fd)
 
-        Cosmetic, so it runs on its own thread: the supervision loop (and its deadline) must
-        start at once, whatever the store does with this request.
-        """
-        threading.Thread(
-            target=self._send_announcement, args=(leadership, child_pid), daemon=True
-        ).start()
+    def _survivors(
+        self, child: process.Child, status: int | None, watched: dict[int, int]
+    ) -> list[int]:
+        """What the child left behind, once it exited; each is watched through a pidfd so its
+        end wakes the loop (a /proc scan happens only then, not on a timer)."""
+        if status is None:
+            return []
+        survivors = process.live_tree()
+        for fd in list(watched):
+            os.close(fd)
+            del watched[fd]
+        watched.update(process.watch_fds(survivors))
+        return survivors
 
-    def _send_announcement(self, leadership: Leadership, child_pid: int) -> None:
+    def _handle_inputs(
+        self, ready: set[int], child: process.Child, term: Term, plan: TermPlan
+    ) -> None:
+        assert self.inbox is not None
+        if self.guard.gone_fd is not None and self.guard.gone_fd in ready:
+            self._guard_died(child, plan)
+        if self.inbox.fd in ready:
+            for signum in self.inbox.take():
+                self._forward(child, signum, term, plan)
+
+    def _forward(self, child: process.Child, signum: int, term: Term, plan: TermPlan) -> None:
+        child.send_signal(signum)
+        log.info(
+            "forwarded %s to child pid %d",
+            signal.Signals(signum).name,
+            child.pid,
+            extra=event("signal", pid=child.pid),
+        )
+        if signum in events.STOP_SIGNALS and self.stop_signal is None:
+            # Stop means stop: SIGKILL follows after the kill grace if the child ignores it.
+            self.stop_signal = signum
+            plan.forwarded_stop = True
+            plan.stop(time.monotonic(), term.clock.deadline())
+
+    def _begin_stop(
+        self,
+        child: process.Child,
+        term: Term,
+        plan: TermPlan,
+        action: Action,
+        now: float,
+        deadline: float,
+    ) -> None:
+        """The term is over (deadline or the store said so): SIGTERM first, then say why."""
+        plan.stop(now, deadline, ExitCode.LOST)
+        self.guard.send("stopping")
+        self._signal(child, signal.SIGTERM)  # SIGKILL follows from the loop when due
+        if action is Action.AT_RISK:
+            log.warning(
+                "lease renewal failing for %.1fs; stopping child pid %d (lease may expire in "
+                "%.1fs)",
+                term.clock.since_ack(),
+                child.pid,
+                deadline - now,
+                extra=event("at_risk", pid=child.pid, token=term.token),
+            )
+            term.lose("lease at risk")
+        else:
+            log.warning(
+                "leadership lost: %s; stopping child pid %d",
+                term.lost_reason,
+                child.pid,
+                extra=event("lost", pid=child.pid, token=term.token),
+            )
+
+    def _kill(self, child: process.Child, plan: TermPlan, now: float) -> None:
+        sweep = self._signal(child, signal.SIGKILL)
+        first = plan.killed_at is None
+        plan.killed(now)
+        if sweep.refused:
+            log.error(
+                "cannot kill pid(s) %s of the child (%s); keeping leadership until they are gone",
+                ", ".join(map(str, sweep.refused[:5])),
+                "permission denied: started under another user?",
+                extra=event("unkillable", pids=sweep.refused[:20]),
+            )
+        elif first and sweep.signalled:
+            log.warning(
+                "killed %d process(es) of the child with SIGKILL",
+                len(sweep.signalled),
+                extra=event("child_killed", count=len(sweep.signalled)),
+            )
+
+    def _signal(self, child: process.Child, signum: int) -> process.Sweep:
+        return process.signal_tree(child, signum)
+
+    def _child_exited(self, child: process.Child, status: int, survivors: list[int]) -> None:
+        level = logging.INFO if status == 0 else logging.WARNING
+        log.log(
+            level,
+            "child pid %d exited with status %d",
+            child.pid,
+            status,
+            extra=event("child_exited", pid=child.pid, status=status),
+        )
+        if survivors:
+            log.warning(
+                "child left %d process(es) running (%s); stopping them before releasing",
+                len(survivors),
+                ", ".join(f"pid {pid}" for pid in survivors[:5]),
+                extra=event("leftovers", count=len(survivors)),
+            )
+
+    def _finish(self, child: process.Child, term: Term, plan: TermPlan) -> int:
+        assert plan.outcome is not None
+        if plan.outcome == ExitCode.LOST:
+            margin = term.clock.deadline() - time.monotonic()
+            log.warning(
+                "child pid %d stopped %.2fs before the lease deadline (exit %d)",
+                child.pid,
+                margin,
+                ExitCode.LOST,
+                extra=event("child_stopped", pid=child.pid, margin=round(margin, 3)),
+            )
+        return plan.outcome
+
+    def _guard_died(self, child: process.Child, plan: TermPlan) -> None:
+        """Our guard process was killed: nothing may outlive it, so kill, then release."""
+        self.stop_signal = signal.SIGKILL
+        self._signal(child, signal.SIGKILL)
+        now = time.monotonic()
+        plan.outcome = signal_exit_code(signal.SIGKILL)
+        plan.kill_at = now
+        plan.killed(now)
+        self.guard.gone_fd = None  # seen; the loop goes on until the tree is gone
+        log.warning(
+            "leaderrun's main process died; killed child pid %d and releasing",
+            child.pid,
+            extra=event("guard_died", pid=child.pid),
+        )
+
+    def _announce(self, term: Term, child_pid: int) -> None:
+        """Show operators (`status`) the child's pid and since when we lead. Cosmetic, so on a
+        thread of its own: the loop (and its deadline) starts at once."""
         value = candidate_value(
             self.settings.identity,
             self.settings.command[0],
-            self._leaderrun_pid(),
+            self.guard.leaderrun_pid(),
             self.queued_at,
             leader_since=self.elected_at,
             child_pid=child_pid,
         )
+
+        def send() -> None:
+            try:
+                self.backend.announce(term, value)
+            except Exception as exc:  # cosmetic: the child runs regardless
+                log.debug("could not update our value for status: %s", exc)
+
+        threading.Thread(target=send, name="announce", daemon=True).start()
+
+    def _release(self, term: Term) -> None:
+        metrics.set_leader(self.settings.election, False)
         try:
-            self.backend.announce(leadership, value)
-        except Exception as exc:  # cosmetic: the child runs regardless
-            log.debug("could not update our value for status: %s", exc)
-
-    def _wake_on_lost(self, leadership: Leadership) -> None:
-        leadership.lost.wait()
-        with contextlib.suppress(OSError):
-            os.write(self.lost_wake_w, b"!")
-
-    def _supervise(self, child: process.Child, leadership: Leadership) -> int:
-        """The LEADING loop. Returns the exit code once every process of the child is gone."""
-        timing = self._timing(leadership)
-        pidfd = os.pidfd_open(child.pid)
-        stop_requested_at: float | None = None
-        try:
-            while True:
-                status = child.exit_status()
-                if status is not None:
-                    log.info(
-                        "child pid %d exited with status %d",
-                        child.pid,
-                        status,
-                        extra=event("child_exited", pid=child.pid, status=status),
-                    )
-                    self._stop_leftovers(leadership)
-                    return status
-                if leadership.lost.is_set():
-                    return self._stop_lost(child, leadership, leadership.lost_reason)
-                now = time.monotonic()
-                stop_at = timing.stop_at(leadership.clock.deadline())
-                if now >= stop_at:
-                    return self._stop_at_risk(child, leadership)
-                if stop_requested_at is not None and now >= stop_requested_at + timing.kill_grace:
-                    log.warning(
-                        "child pid %d still running %.1fs after %s; killing it",
-                        child.pid,
-                        timing.kill_grace,
-                        signal.Signals(self.stop_signal or signal.SIGTERM).name,
-                        extra=event("child_killed", pid=child.pid),
-                    )
-                    process.stop_everything(child, grace=0.0)
-                    continue
-                timeout = stop_at - now
-                if stop_requested_at is not None:
-                    timeout = min(timeout, stop_requested_at + timing.kill_grace - now)
-                fds = [pidfd, self.lost_wake_r, *self._wake_fds()]
-                readable, _, _ = select.select(fds, [], [], max(0.0, timeout))
-                if self.parent_gone_fd is not None and self.parent_gone_fd in readable:
-                    return self._parent_died(child)
-                for signum in self.signals.drain():
-                    log.info(
-                        "forwarding %s to child pid %d",
-                        signal.Signals(signum).name,
-                        child.pid,
-                        extra=event("signal", pid=child.pid),
-                    )
-                    child.send_signal(signum)
-                    if signum in STOP_SIGNALS and stop_requested_at is None:
-                        self.stop_signal = signum
-                        stop_requested_at = time.monotonic()
-        finally:
-            os.close(pidfd)
-
-    def _stop_leftovers(self, leadership: Leadership) -> None:
-        """The child exited: stop what it left behind before anyone else may lead."""
-        leftovers = process.live_descendants()
-        if not leftovers:
-            return
-        log.warning(
-            "child left %d process(es) running (%s); stopping them before releasing",
-            len(leftovers),
-            ", ".join(f"pid {p.pid}" for p in leftovers[:5]),
-            extra=event("leftovers", count=len(leftovers)),
-        )
-        timing = self._timing(leadership)
-        kill_by = timing.kill_by(leadership.clock.deadline())
-        process.stop_everything(None, timing.kill_grace, kill_by=kill_by)
-
-    def _stop_lost(self, child: process.Child, leadership: Leadership, reason: str) -> int:
-        log.warning(
-            "leadership lost: %s; stopping child pid %d",
-            reason,
-            child.pid,
-            extra=event("lost", pid=child.pid, token=leadership.token),
-        )
-        timing = self._timing(leadership)
-        process.stop_everything(
-            child, timing.kill_grace, kill_by=timing.kill_by(leadership.clock.deadline())
-        )
-        log.warning(
-            "child pid %d stopped after losing leadership (exit %d)",
-            child.pid,
-            ExitCode.LOST,
-            extra=event("child_stopped", pid=child.pid),
-        )
-        return ExitCode.LOST
-
-    def _stop_at_risk(self, child: process.Child, leadership: Leadership) -> int:
-        timing = self._timing(leadership)
-        deadline = leadership.clock.deadline()
-        log.warning(
-            "lease renewal failing for %.1fs; stopping child pid %d (lease may expire in %.1fs)",
-            leadership.clock.since_ack(),
-            child.pid,
-            deadline - time.monotonic(),
-            extra=event("at_risk", pid=child.pid, token=leadership.token),
-        )
-        process.stop_everything(child, timing.kill_grace, kill_by=timing.kill_by(deadline))
-        margin = deadline - time.monotonic()
-        log.warning(
-            "child pid %d stopped %.2fs before the lease deadline (exit %d)",
-            child.pid,
-            margin,
-            ExitCode.LOST,
-            extra=event("child_stopped", pid=child.pid, margin=round(margin, 3)),
-        )
-        leadership.lose("lease at risk")
-        return ExitCode.LOST
-
-    def _parent_died(self, child: process.Child) -> int:
-        """Our guard process was killed: nothing may outlive it, so kill, then release."""
-        log.warning(
-            "leaderrun's main process died; killing child pid %d and releasing",
-            child.pid,
-            extra=event("guard_died", pid=child.pid),
-        )
-        process.stop_everything(child, grace=0.0)
-        self.stop_signal = signal.SIGKILL
-        return signal_exit_code(signal.SIGKILL)
-
-    def _release(self, backend: Backend) -> None:
-        metrics.IS_LEADER.labels(self.settings.election).set(0)
-        backend.resign()
-        self.report({"event": "released"})
-        log.info("released leadership of %s", self.settings.election_path, extra=event("released"))
+            released = self.backend.resign(term)
+        except Exception as exc:  # the lease/session expires by itself
+            released = False
+            log.warning("could not release leadership: %s", exc)
+        self.guard.send("released")
+        if released:
+            log.info(
+                "released leadership of %s", self.settings.election_path, extra=event("released")
+            )
 
     # -- --once-per ---------------------------------------------------------------------------
 
-    def _ran_recently(self, backend: Backend, leadership: Leadership) -> bool:
+    def _ran_recently(self, term: Term) -> bool:
         """True when a successful run of this election started less than --once-per ago."""
         if self.settings.once_per is None:
             return False
         try:
-            raw = self._ask_store(leadership, backend.last_run)
+            raw = self._ask_store(term, self.backend.last_run)
         except StoreSilent:
-            return False  # leadership is now lost: `_still_safe_to_start` refuses the term
+            return False  # the term is now lost: `_still_safe_to_start` refuses it
         except Exception as exc:  # not knowing the record must not mean running
-            leadership.lose(f"could not read the last-run record ({exc or type(exc).__name__})")
+            term.lose(f"could not read the last-run record ({exc or type(exc).__name__})")
             return False
         document = parse_value(raw) if raw is not None else None
         if raw is not None and document is None:
@@ -532,17 +691,17 @@ class Supervisor:
         )
         return True
 
-    def _record_run(self, backend: Backend, leadership: Leadership, started: float) -> None:
+    def _record_run(self, term: Term, started: float) -> None:
         record = {
             "v": 1,
             "id": self.settings.identity,
             "host": socket.gethostname(),
-            "token": leadership.token,
+            "token": term.token,
             "start": started,
             "end": time.time(),
         }
         try:
-            written = backend.record_run(leadership, json.dumps(record).encode())
+            written = self.backend.record_run(term, json.dumps(record).encode())
         except Exception as exc:  # the run happened; say so, then release
             written = False
             log.warning("could not write the last-run record: %s", exc or type(exc).__name__)
@@ -554,32 +713,23 @@ class Supervisor:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _wake_fds(self) -> list[int]:
-        fds = [self.signals.read_fd]
-        if self.parent_gone_fd is not None:
-            fds.append(self.parent_gone_fd)
-        return fds
-
     def _notify(self, status: str, ready: bool = False) -> None:
         """Tell the guard, which alone may speak to systemd (it is the unit's main pid)."""
-        self.report({"event": "notify", "status": status, "ready": ready})
+        self.guard.send("notify", status=status, ready=ready)
 
-    def _timing(self, leadership: Leadership) -> Timing:
+    def _timing(self, term: Term) -> Timing:
         """The timing rule applies to the TTL the server granted, not the one we asked for."""
-        return self.settings.timing.with_granted_ttl(leadership.clock.ttl)
+        return self.settings.timing.with_granted_ttl(term.clock.ttl)
 
-    def _child_env(self, leadership: Leadership) -> dict[str, str]:
+    def _child_env(self, term: Term) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
         if env.pop("LEADERRUN_GRPC_VERBOSITY_SET", None):
             env.pop("GRPC_VERBOSITY", None)
         env.update(
             LEADERRUN_ELECTION=self.settings.election,
             LEADERRUN_ID=self.settings.identity,
-            LEADERRUN_FENCING_TOKEN=str(leadership.token),
+            LEADERRUN_FENCING_TOKEN=str(term.token),
             LEADERRUN_BACKEND=str(self.settings.backend),
-            LEADERRUN_LEASE_TTL=f"{leadership.clock.ttl:g}",
+            LEADERRUN_LEASE_TTL=f"{term.clock.ttl:g}",
         )
         return env
-
-    def _leaderrun_pid(self) -> int:
-        return os.getppid() if self.parent_gone_fd is not None else os.getpid()

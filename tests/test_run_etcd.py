@@ -71,3 +71,39 @@ def test_waits_behind_an_etcdctl_elect_leader(
     holder.send_signal(signal.SIGINT)  # etcdctl resigns on interrupt
     assert wait_exit(proc) == 0
     assert ran.exists()
+
+
+def test_no_write_of_an_ended_term_can_leave_a_key_without_a_lease(
+    etcd: EtcdCluster, election: str
+) -> None:
+    """Defect 5: the first wave re-read the backend's *current* lease for a retried announce;
+    after resign that was None, and the key was written with lease 0 (never to expire, nobody
+    elected again). Each term's writes now carry that term's own lease and are guarded by it."""
+    from leaderrun.backends import Flag
+    from leaderrun.backends.etcd import EtcdBackend
+    from leaderrun.settings import Settings, build_timing, parse_backend_url
+
+    settings = Settings(
+        backend=parse_backend_url(etcd.backend_url),
+        election=election,
+        prefix=PREFIX,
+        identity="unit",
+        timing=build_timing(ttl=10.0, kill_grace=1.0, renew_interval=None),
+        connect_timeout=5.0,
+        command=("true",),
+    )
+    backend = EtcdBackend(settings)
+    try:
+        backend.connect()
+        term = backend.campaign(b"ours", Flag())
+        assert term is not None and term.elected
+        assert backend.resign(term) is True
+        backend.announce(term, b"late announcement")
+        # Even a write that races the resign is guarded by the term's own key and lease.
+        term.lost = type(term.lost)()
+        backend.announce(term, b"racing announcement")
+        assert EtcdStore(etcd).candidates(election) == []
+        store_keys = etcd.etcdctl("get", "--prefix", f"{PREFIX}/{election}/", "--keys-only")
+        assert store_keys.stdout.strip() == ""
+    finally:
+        backend.close()

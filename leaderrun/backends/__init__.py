@@ -11,7 +11,8 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -23,18 +24,80 @@ from leaderrun.settings import Settings
 ENTRY_POINT_GROUP = "leaderrun.backends"
 
 
+class Flag:
+    """A one-way flag that wakes every wait linked to it. As a campaign's cancel switch,
+    SIGTERM, `--no-wait` or `--wait-timeout` end it at once, whatever store call or watch it
+    waits in; as a term's `lost`, it ends every wait of that term.
+
+    Backends never sleep: they wait on a `threading.Event` linked here (see `linked`), which
+    the watch callback, the lease thread or this switch sets, whichever comes first.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._wakers: set[threading.Event] = set()
+
+    def set(self) -> None:
+        with self._lock:
+            if self._set:
+                return
+            self._set = True
+            wakers = list(self._wakers)
+        for waker in wakers:
+            waker.set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    @contextmanager
+    def linked(self, event: threading.Event) -> Iterator[threading.Event]:
+        """Within the block, setting the flag also sets `event` (at once if already set)."""
+        with self._lock:
+            self._wakers.add(event)
+            if self._set:
+                event.set()
+        try:
+            yield event
+        finally:
+            with self._lock:
+                self._wakers.discard(event)
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait `seconds` unless set first; True when set."""
+        with self.linked(threading.Event()) as woken:
+            woken.wait(max(0.0, seconds))
+        return self._set
+
+
+@contextmanager
+def woken_by(event: threading.Event, *flags: Flag) -> Iterator[threading.Event]:
+    """Within the block, setting any of `flags` also sets `event`: one wait for many ends."""
+    with ExitStack() as stack:
+        for flag in flags:
+            stack.enter_context(flag.linked(event))
+        yield event
+
+
+class Cancelled(Exception):
+    """A store call or wait gave up because its cancel `Flag` was set."""
+
+
 @dataclass
 class LeaseClock:
     """What the server has promised: the lease cannot expire before `last_ack + ttl`.
 
     `last_ack` is the monotonic *send* time of the newest renewal the server answered; a
-    backend updates it from its renewal thread, the supervisor reads it to know when it must
-    stop the child (SPEC §3 timing rule) no matter what the backend says or fails to say.
+    backend updates it from its renewal thread, the supervisor (and, through it, the guard
+    process) reads it to know when the child must be stopped (SPEC §3 timing rule) no matter
+    what the backend says or fails to say. `listener` is called after every change; it must
+    not block (the supervisor's is one write to a non-blocking pipe).
     """
 
     ttl: float
     last_ack: float = field(default_factory=time.monotonic)
     election: str = ""
+    listener: Callable[[], None] = field(default=lambda: None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def acked(self, sent_at: float, ttl: float) -> None:
@@ -44,6 +107,7 @@ class LeaseClock:
             if sent_at > self.last_ack:
                 self.last_ack = sent_at
             self.ttl = ttl
+        self.listener()
 
     def deadline(self) -> float:
         """The earliest monotonic time at which the server may expire the lease."""
@@ -56,19 +120,33 @@ class LeaseClock:
 
 
 @dataclass
-class Leadership:
-    """One term: held from election until `lost` is set or the holder resigns."""
+class Term:
+    """One candidacy, from joining the queue to release: everything about it lives here.
 
-    token: int
+    A backend creates it when it joins the queue (`key`, `clock`, its own lease or session in
+    `handle`) and sets `token` when elected. `lost` is set once, by whoever learns first that
+    the term is over (lease expired, key deleted, session closed, resigned); nothing of an
+    older term can touch a newer one, since each has its own object.
+    """
+
     key: str
     clock: LeaseClock
-    lost: threading.Event = field(default_factory=threading.Event)
+    handle: dict[str, Any] = field(default_factory=dict)
+    token: int = 0
+    lost: Flag = field(default_factory=Flag)
     lost_reason: str = ""
+    #: Set when the store confirmed the release (key deleted / lease revoked / session closed).
+    released: bool = False
 
     def lose(self, reason: str) -> None:
         if not self.lost.is_set():
             self.lost_reason = reason
             self.lost.set()
+            self.clock.listener()
+
+    @property
+    def elected(self) -> bool:
+        return self.token > 0
 
 
 @dataclass(frozen=True)
@@ -107,7 +185,13 @@ class ElectionView:
 
 
 class Backend(abc.ABC):
-    """One connection to a store, holding at most one candidacy at a time."""
+    """One connection to a store; each candidacy on it is a `Term` of its own.
+
+    Every call is bounded (connect timeout, per-request deadlines) and every wait can be ended
+    by its cancel `Flag`; store errors are translated here, at the boundary, into leaderrun's own
+    (`BackendUnreachable`, `BackendRefused`, `Cancelled`), so the supervisor never sees a
+    client library's exception.
+    """
 
     #: URL schemes this backend serves, e.g. ("etcd", "etcds").
     schemes: tuple[str, ...] = ()
@@ -116,42 +200,52 @@ class Backend(abc.ABC):
         self.settings = settings
         #: Called with a waiting-behind `Candidate` whenever the one ahead of us changes.
         self.on_waiting: Callable[[Candidate], None] = lambda candidate: None
+        #: Becomes each new term's `clock.listener`: called (from any thread) after every
+        #: answered renewal and when the term is lost. Must not block.
+        self.on_term_change: Callable[[], None] = lambda: None
+        #: Called with each new term once its lease/session exists (before it can be elected),
+        #: so the guard can release it should the worker die.
+        self.on_queued: Callable[[Term], None] = lambda term: None
 
     @abc.abstractmethod
-    def connect(self) -> None:
+    def connect(self, cancel: Flag | None = None) -> None:
         """Reach the store within `settings.connect_timeout`.
 
-        Raises BackendUnreachable (exit 69) or BackendRefused (exit 77).
+        Raises BackendUnreachable (exit 69), BackendRefused (exit 77) or Cancelled.
         """
 
     @abc.abstractmethod
-    def campaign(self, value: bytes, cancel: threading.Event) -> Leadership | None:
-        """Join the queue and block until elected; None when `cancel` was set first.
+    def campaign(self, value: bytes, cancel: Flag) -> Term | None:
+        """Join the queue as a new `Term` and block until elected; None when `cancel` was set
+        first; the candidacy is then withdrawn (bounded: a store that does not answer leaves
+        it to expire).
 
         Candidates are served in arrival order and each waiter watches only the candidate just
         ahead of it. The lease/session is renewed from the moment the candidate is in the queue.
         """
 
     @abc.abstractmethod
-    def resign(self) -> None:
-        """Leave the election (leader or waiter) so the next candidate starts at once."""
+    def resign(self, term: Term) -> bool:
+        """Leave the election (leader or waiter) so the next candidate starts at once.
 
-    @abc.abstractmethod
-    def release_handle(self) -> Mapping[str, Any] | None:
-        """A JSON-able description of the current lease/session, for `release_orphaned`."""
+        True only when the store confirmed it (key/node gone, lease revoked, session closed);
+        False when it could not tell: the term's lease/session then expires by itself, and the
+        backend must not let a later term queue behind this one's leftover.
+        """
 
     @classmethod
     @abc.abstractmethod
     def release_orphaned(cls, settings: Settings, handle: Mapping[str, Any]) -> None:
-        """Release a lease/session whose owning process died (called by leaderrun's guard)."""
+        """Release a lease/session (a `Term.handle`) whose worker died (called by the guard)."""
 
     @abc.abstractmethod
     def close(self) -> None:
         """Drop the connection; does not release anything by itself."""
 
-    def announce(self, leadership: Leadership, value: bytes) -> None:  # noqa: B027
+    def announce(self, term: Term, value: bytes) -> None:  # noqa: B027
         """Replace our candidate value while leading (to show the child's pid and since when
-        we lead), without changing the fencing token. Optional: a backend may ignore it."""
+        we lead), without changing the fencing token, under the term's own lease/session and
+        only while the term holds. Optional: a backend may ignore it."""
 
     # -- the last-successful-run record (`--once-per`) -------------------------------------------
 
@@ -164,8 +258,8 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def record_run(self, leadership: Leadership, record: bytes) -> bool:
-        """Write the last-run record only if `leadership` is still held, atomically.
+    def record_run(self, term: Term, record: bytes) -> bool:
+        """Write the last-run record only if `term` still leads, atomically.
 
         etcd: a transaction conditioned on our leader key's create revision; ZooKeeper: a
         multi-op checking our node. False when leadership was gone, so nothing was written.

@@ -5,22 +5,26 @@ leader): each candidate puts `<prefix>/<election>/<lease id in hex>` under its o
 leader is the key with the lowest create revision, and that revision is the fencing token.
 A waiter watches only the key just ahead of it for deletion.
 
-The client needs three corrections to survive a member restart (measured, see the issue):
+Each candidacy is one `EtcdTerm`: its own lease, key, keep-alive thread and watch. Nothing of
+a term lives on the backend object, so an old term's threads can only ever end their own term.
+
+Nothing here sleeps to poll: waits are on watch callbacks, the keep-alive answer, or the
+term's / campaign's `Flag`. Every request carries its own deadline (per thread, see
+`DeadlineClient`), and retries are paced by a cancellable wait. Corrections the client needs
+to survive a member restart (measured in the first wave):
 - an endpoint that failed once is skipped for 300 s by default: we retry it after 0.2 s;
-- gRPC's reconnect backoff grows to 120 s: we cap it at 0.5 s;
-- every call gets a short deadline, so a frozen server cannot hang a renewal.
+- gRPC's reconnect backoff grows to 120 s: we cap it at 0.5 s.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from enum import Enum
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -29,13 +33,23 @@ from pyetcd import etcdrpc
 from pyetcd.client import Endpoint, EtcdTokenCallCredentials, MultiEndpointEtcd3Client
 
 from leaderrun import metrics
-from leaderrun.backends import Backend, Candidate, ElectionView, Leadership, LeaseClock
+from leaderrun.backends import (
+    Backend,
+    Cancelled,
+    Candidate,
+    ElectionView,
+    Flag,
+    LeaseClock,
+    Term,
+    woken_by,
+)
 from leaderrun.errors import BackendRefused, BackendUnreachable
 from leaderrun.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ENDPOINT_RETRY = 0.2
+#: Pause between attempts of a failed request (a cancellable wait, never a poll).
 RETRY_INTERVAL = 0.25
 GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -54,12 +68,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     grpc.RpcError,
     ValueError,
 )
-
-
-class WatchEnd(Enum):
-    DELETED = "deleted"
-    BROKEN = "broken"
-    STOPPED = "stopped"
 
 
 def grpc_error(exc: BaseException | None) -> grpc.RpcError | None:
@@ -82,6 +90,11 @@ def is_refusal(exc: BaseException) -> bool:
     return err is not None and err.code() in REFUSAL_CODES and not is_token_expired(exc)
 
 
+def is_lease_not_found(exc: BaseException) -> bool:
+    err = grpc_error(exc)
+    return err is not None and "requested lease not found" in (err.details() or "")
+
+
 def is_tls_failure(exc: BaseException) -> bool:
     err = grpc_error(exc)
     details = (err.details() or "").lower() if err is not None else ""
@@ -102,8 +115,39 @@ def _read(path: str | None) -> bytes | None:
         return handle.read()
 
 
-def make_client(settings: Settings, rpc_timeout: float) -> MultiEndpointEtcd3Client:
-    """A client with the three corrections of the module docstring, and TLS if asked."""
+class DeadlineClient(MultiEndpointEtcd3Client):  # type: ignore[misc]
+    """The client, with a request timeout of each thread's own.
+
+    etcd-sdk-python reads `self.timeout` for every request; the keep-alive thread, the watch
+    thread and the supervisor's requests each need their own bound, so the attribute is
+    thread-local (`deadline()` sets it for the calling thread only).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._local = threading.local()
+        self._default_timeout: float | None = None
+        super().__init__(*args, **kwargs)
+
+    @property
+    def timeout(self) -> float | None:
+        return getattr(self._local, "timeout", self._default_timeout)
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._default_timeout = value
+
+    @contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        previous = getattr(self._local, "timeout", None)
+        self._local.timeout = max(0.05, seconds)
+        try:
+            yield
+        finally:
+            self._local.timeout = previous
+
+
+def make_client(settings: Settings, rpc_timeout: float) -> DeadlineClient:
+    """A client with the corrections of the module docstring, and TLS if asked."""
     security = settings.security
     secure = security.wants_tls(settings.backend.scheme)
     creds = (
@@ -126,11 +170,38 @@ def make_client(settings: Settings, rpc_timeout: float) -> MultiEndpointEtcd3Cli
         )
         for ep in settings.backend.endpoints
     ]
-    return MultiEndpointEtcd3Client(endpoints=endpoints, timeout=rpc_timeout, failover=True)
+    return DeadlineClient(endpoints=endpoints, timeout=rpc_timeout, failover=True)
+
+
+@dataclass
+class EtcdTerm(Term):
+    """A term on etcd: its lease is its life (the key goes with it)."""
+
+    lease_id: int = 0
+    threads: list[threading.Thread] = field(default_factory=list, repr=False)
+
+
+class WatchedKey:
+    """A watch for the deletion of one key after a revision; wakes `woken` on delete or when
+    the watch breaks (then `broken`). Callbacks run on the client's watch thread."""
+
+    def __init__(self, woken: threading.Event) -> None:
+        self.woken = woken
+        self.deleted = False
+        self.broken = False
+
+    def __call__(self, response: Any) -> None:
+        if not isinstance(response, pyetcd.watch.WatchResponse):
+            self.broken = True
+        elif any(isinstance(e, pyetcd.events.DeleteEvent) for e in response.events):
+            self.deleted = True
+        else:
+            return
+        self.woken.set()
 
 
 class EtcdBackend(Backend):
-    """One etcd session: one lease, at most one key in one election."""
+    """One etcd client; each candidacy is an `EtcdTerm` of its own."""
 
     schemes = ("etcd", "etcds")
 
@@ -140,40 +211,84 @@ class EtcdBackend(Backend):
         self.rpc_timeout = max(0.5, min(2.0, timing.renew_interval))
         self.client = make_client(settings, self.rpc_timeout)
         self.key_prefix = settings.election_path + "/"
-        self.lease_id: int | None = None
-        self.clock: LeaseClock | None = None
-        self.leadership: Leadership | None = None
-        self.lease_gone = threading.Event()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        #: How long requests may fail before an operator hears about it.
+        self._patience = max(5.0, timing.ttl / 2)
+        self.closed = Flag()
         self._unrevoked: list[int] = []
 
-    # -- connection ---------------------------------------------------------------------------
+    # -- the request layer --------------------------------------------------------------------
 
-    def connect(self) -> None:
-        deadline = time.monotonic() + self.settings.connect_timeout
-        last: BaseException | None = None
-        while time.monotonic() < deadline:
+    def _call(
+        self,
+        request: Callable[[], Any],
+        *,
+        cancel: Flag | None = None,
+        until: float | None = None,
+        attempts: int | None = None,
+    ) -> Any:
+        """One request, retried through a blip. Each attempt is bounded by the RPC timeout and
+        `until` (monotonic); between attempts the wait ends at once when `cancel` is set.
+
+        Refusals are final (BackendRefused, exit 77); running out of time or attempts raises
+        BackendUnreachable, a set `cancel` raises Cancelled.
+        """
+        tries, first_failure, warned = 0, 0.0, False
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            bound = self.rpc_timeout if until is None else until - time.monotonic()
             try:
-                with self._call_timeout(deadline - time.monotonic()):
-                    self._authenticate()
-                    self.client.get(self.key_prefix)
-                return
+                with self.client.deadline(min(self.rpc_timeout, bound)):
+                    return request()
             except TRANSIENT_ERRORS as exc:
                 if is_refusal(exc):
                     raise refusal_error(exc) from None
-                if is_tls_failure(exc):
-                    raise BackendRefused(
-                        f"TLS with etcd at {self.settings.backend} failed ({describe(exc)}); "
-                        "check --cacert, --cert and --key"
-                    ) from None
-                last = exc
-                time.sleep(min(RETRY_INTERVAL, max(0.0, deadline - time.monotonic())))
-        raise BackendUnreachable(
-            f"cannot reach etcd at {self.settings.backend} within "
-            f"{self.settings.connect_timeout:g}s ({describe(last)}); "
-            "check --backend and that etcd is running"
-        )
+                self._recover(exc)
+                tries += 1
+                left = None if until is None else until - time.monotonic()
+                if (left is not None and left <= 0) or (attempts is not None and tries >= attempts):
+                    raise BackendUnreachable(f"etcd did not answer ({describe(exc)})") from exc
+                if tries == 1:
+                    first_failure = time.monotonic()
+                elif not warned and time.monotonic() - first_failure >= self._patience:
+                    # A blip the timing rule absorbs is not worth a line; an outage is.
+                    warned = True
+                    log.warning("etcd is not answering (%s); still trying", describe(exc))
+                pause = RETRY_INTERVAL if left is None else min(RETRY_INTERVAL, left)
+                if (cancel or self.closed).sleep(pause) and cancel is not None:
+                    raise Cancelled() from None
+
+    def _recover(self, exc: BaseException) -> None:
+        """After a failed request: count it, and log in again if our token expired."""
+        metrics.backend_error(self.settings.election)
+        if is_token_expired(exc):
+            log.info("etcd auth token expired; logging in again")
+            with suppress(*TRANSIENT_ERRORS):
+                self._authenticate()
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connect(self, cancel: Flag | None = None) -> None:
+        until = time.monotonic() + self.settings.connect_timeout
+
+        def probe() -> None:
+            self._authenticate()
+            self.client.get(self.key_prefix)
+
+        try:
+            self._call(probe, cancel=cancel, until=until)
+        except BackendUnreachable as exc:
+            cause = exc.__cause__
+            if cause is not None and is_tls_failure(cause):
+                raise BackendRefused(
+                    f"TLS with etcd at {self.settings.backend} failed ({describe(cause)}); "
+                    "check --cacert, --cert and --key"
+                ) from None
+            raise BackendUnreachable(
+                f"cannot reach etcd at {self.settings.backend} within "
+                f"{self.settings.connect_timeout:g}s ({describe(cause)}); "
+                "check --backend and that etcd is running"
+            ) from None
 
     def _authenticate(self) -> None:
         """Log in with --user: etcd hands out a token that every later request carries.
@@ -194,251 +309,257 @@ class EtcdBackend(Backend):
             )
         self.client._clear_old_stubs()  # the watcher captured the old token
 
-    def _recover(self, exc: BaseException) -> None:
-        """After a failed request: count it, and log in again if our token expired."""
-        metrics.backend_error(self.settings.election)
-        if is_token_expired(exc):
-            log.info("etcd auth token expired; logging in again")
-            with suppress(*TRANSIENT_ERRORS):
-                self._authenticate()
-
-    @contextmanager
-    def _call_timeout(self, seconds: float) -> Iterator[None]:
-        previous = self.client.timeout
-        self.client.timeout = max(0.05, min(previous, seconds))
-        try:
-            yield
-        finally:
-            self.client.timeout = previous
-
     def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=self.rpc_timeout + 1)
+        self.closed.set()
         self.client.close()
 
-    # -- the lease ----------------------------------------------------------------------------
+    # -- a term: lease, key, keep-alive -------------------------------------------------------
 
-    def _grant_lease(self) -> None:
+    def _new_term(self, cancel: Flag) -> EtcdTerm:
         """Grant a fresh lease and keep it alive from now on (waiting can take long)."""
         self._revoke_leftover_leases()
         requested = max(1, math.ceil(self.settings.timing.ttl))
         sent = time.monotonic()
-        lease = self._retry(lambda: self.client.lease(requested))
+        lease = self._call(lambda: self.client.lease(requested), cancel=cancel)
         granted = float(lease.ttl)
         if granted != requested:
             log.info("etcd granted a TTL of %gs (asked %ds)", granted, requested)
-            self.settings.timing.with_granted_ttl(granted).check("TTL etcd granted")
-        self.lease_id = lease.id
-        self.lease_gone = threading.Event()
-        self.clock = LeaseClock(ttl=granted, last_ack=sent, election=self.settings.election)
-        self._start_thread(f"keepalive-{lease.id:x}", self._keepalive_loop, lease.id, self.clock)
+            try:
+                self.settings.timing.with_granted_ttl(granted).check("TTL etcd granted")
+            except Exception:
+                self._revoke(lease.id)
+                raise
+        clock = LeaseClock(
+            ttl=granted,
+            last_ack=sent,
+            election=self.settings.election,
+            listener=self.on_term_change,
+        )
+        term = EtcdTerm(
+            key=f"{self.key_prefix}{lease.id:x}",
+            clock=clock,
+            handle={"lease": lease.id},
+            lease_id=lease.id,
+        )
+        self._start(term, "keepalive", self._keep_alive)
+        self.on_queued(term)
+        return term
 
-    def _keepalive_loop(self, lease_id: int, clock: LeaseClock) -> None:
-        lease_gone = self.lease_gone
+    def _keep_alive(self, term: EtcdTerm) -> None:
+        """Renew every renew interval (a timer, the renewal's own period) until the term ends."""
         failing_since: float | None = None
-        while not self._stop.is_set() and not lease_gone.is_set():
+        while not term.lost.is_set() and not self.closed.is_set():
             sent = time.monotonic()
             try:
-                responses = list(self.client.refresh_lease(lease_id))
+                with self.client.deadline(self.rpc_timeout):
+                    responses = list(self.client.refresh_lease(term.lease_id))
                 ttl = responses[0].TTL if responses else 0
             except TRANSIENT_ERRORS as exc:
                 self._recover(exc)
                 if failing_since is None:
                     failing_since = sent
                     log.debug("lease keep-alive failed: %s", describe(exc))
-                self._stop.wait(RETRY_INTERVAL)
+                term.lost.sleep(RETRY_INTERVAL)
                 continue
             if ttl <= 0:
-                self._lease_expired("the lease expired on the etcd server")
+                term.lose("the lease expired on the etcd server")
                 return
-            clock.acked(sent, float(ttl))
+            term.clock.acked(sent, float(ttl))
             if failing_since is not None:
                 log.info("lease keep-alive answered again after %.1fs", sent - failing_since)
                 failing_since = None
-            self._stop.wait(self.settings.timing.renew_interval)
+            term.lost.sleep(self.settings.timing.renew_interval)
 
-    def _lease_expired(self, reason: str) -> None:
-        self.lease_gone.set()
-        if self.leadership is not None:
-            self.leadership.lose(reason)
+    def _start(self, term: EtcdTerm, name: str, target: Callable[[EtcdTerm], None]) -> None:
+        thread = threading.Thread(
+            target=target, args=(term,), name=f"{name}-{term.lease_id:x}", daemon=True
+        )
+        term.threads.append(thread)
+        thread.start()
 
     # -- the election -------------------------------------------------------------------------
 
-    def campaign(self, value: bytes, cancel: threading.Event) -> Leadership | None:
+    def campaign(self, value: bytes, cancel: Flag) -> EtcdTerm | None:
         while not cancel.is_set():
-            self._grant_lease()
-            assert self.lease_id is not None and self.clock is not None
-            key = f"{self.key_prefix}{self.lease_id:x}"
-            self._put(key, value, self.lease_id)
-            token = self._wait_until_first(key, cancel)
+            try:
+                term = self._new_term(cancel)
+            except Cancelled:
+                return None
+            try:
+                # The key carries this term's own lease: if the lease is gone, etcd refuses
+                # the put, so a key no lease holds can never be written.
+                self._call(
+                    lambda t=term: self.client.put(t.key, value, lease=t.lease_id),  # type: ignore[misc]
+                    cancel=cancel,
+                )
+                token = self._wait_until_first(term, cancel)
+            except Cancelled:
+                token = None
+            except BackendUnreachable as exc:
+                if not is_lease_not_found(exc.__cause__ or exc):
+                    self._withdraw(term)
+                    raise
+                token = None
             if token is not None:
-                self.leadership = Leadership(token=token, key=key, clock=self.clock)
-                self._start_thread("leader-watch", self._watch_own_key, self.leadership)
-                return self.leadership
-            self._revoke_quietly()
+                term.token = token
+                self._start(term, "leader-watch", self._watch_own_key)
+                return term
+            self._withdraw(term)
         return None
 
-    def _put(self, key: str, value: bytes, lease_id: int) -> None:
-        self._retry(lambda: self.client.put(key, value, lease=lease_id))
+    def _withdraw(self, term: EtcdTerm) -> None:
+        """Leave the queue without waiting long: a store that does not answer lets it expire."""
+        term.lose("withdrawn")
+        self._revoke(term.lease_id, until=time.monotonic() + self.rpc_timeout)
 
-    def _wait_until_first(self, key: str, cancel: threading.Event) -> int | None:
-        """Block until `key` has the lowest create revision; its revision, or None if cancelled
-        or our lease vanished while waiting (the caller then queues again with a new lease)."""
+    def _wait_until_first(self, term: EtcdTerm, cancel: Flag) -> int | None:
+        """Block until our key has the lowest create revision; its revision, or None when our
+        lease or key vanished while waiting (the caller then queues again with a new term)."""
         ahead_key: str | None = None
-
-        def should_stop() -> bool:
-            return cancel.is_set() or self.lease_gone.is_set()
-
-        while not should_stop():
-            try:
-                queue_now = list(
+        while not term.lost.is_set():
+            queue_now = self._call(
+                lambda: list(
                     self.client.get_prefix(
                         self.key_prefix, sort_order="ascend", sort_target="create"
                     )
-                )
-            except TRANSIENT_ERRORS as exc:
-                self._raise_if_refused(exc)
-                self._recover(exc)
-                cancel.wait(RETRY_INTERVAL)
-                continue
-            mine = [meta for _, meta in queue_now if meta.key.decode() == key]
+                ),
+                cancel=cancel,
+            )
+            mine = [meta for _, meta in queue_now if meta.key.decode() == term.key]
             if not mine:
-                log.warning("our candidate key %s vanished while waiting; queueing again", key)
+                log.warning("our candidate key %s vanished while waiting; queueing again", term.key)
                 return None
-            token = mine[0].create_revision
+            token = int(mine[0].create_revision)
             ahead = [(v, meta) for v, meta in queue_now if meta.create_revision < token]
             if not ahead:
-                return int(token)
+                return token
             value, meta = ahead[-1]
-            if meta.key.decode() != ahead_key:
-                ahead_key = meta.key.decode()
-                self.on_waiting(Candidate(meta.key.decode(), int(meta.create_revision), value))
-            end = self._wait_deleted(meta.key.decode(), meta.response_header.revision, should_stop)
-            if end is WatchEnd.BROKEN:
-                cancel.wait(RETRY_INTERVAL)
+            key = meta.key.decode()
+            if key != ahead_key:
+                ahead_key = key
+                self.on_waiting(Candidate(key, int(meta.create_revision), bytes(value)))
+            self._wait_deleted(key, meta.response_header.revision, cancel, term.lost)
         return None
 
-    def _watch_own_key(self, leadership: Leadership) -> None:
-        """Lose leadership as soon as our key is gone (step-down, `etcdctl del`, expiry)."""
-
-        def should_stop() -> bool:
-            return self._stop.is_set() or leadership.lost.is_set()
-
-        while not should_stop():
-            try:
-                _, meta = self.client.get(leadership.key)
-            except TRANSIENT_ERRORS as exc:
-                self._recover(exc)
-                self._stop.wait(RETRY_INTERVAL)
-                continue
-            if meta is None or meta.create_revision != leadership.token:
-                leadership.lose(f"our leader key {leadership.key} was deleted")
-                return
-            end = self._wait_deleted(leadership.key, meta.response_header.revision, should_stop)
-            if end is WatchEnd.DELETED:
-                leadership.lose(f"our leader key {leadership.key} was deleted")
-                return
-            if end is WatchEnd.BROKEN:
-                self._stop.wait(RETRY_INTERVAL)
-
-    def _wait_deleted(
-        self, key: str, seen_revision: int, should_stop: Callable[[], bool]
-    ) -> WatchEnd:
-        """Wait for a DELETE of `key` after `seen_revision`, so no event between the read and
-        the watch is missed."""
-        events: queue.Queue[Any] = queue.Queue()
+    def _wait_deleted(self, key: str, seen_revision: int, *ends: Flag) -> bool:
+        """Wait for a DELETE of `key` after `seen_revision` (so no event between the read and
+        the watch is missed), or until one of `ends` is set. True when deleted; a broken watch
+        returns False after a short cancellable pause (the caller reads again)."""
+        woken = threading.Event()
+        watch = WatchedKey(woken)
         try:
-            watch_id = self.client.add_watch_callback(
-                key, events.put, start_revision=seen_revision + 1
+            watch_id = self._call(
+                lambda: self.client.add_watch_callback(
+                    key, watch, start_revision=seen_revision + 1
+                ),
+                cancel=ends[0],
             )
-        except TRANSIENT_ERRORS as exc:
-            self._recover(exc)
-            log.debug("watch on %s failed: %s", key, describe(exc))
-            return WatchEnd.BROKEN
+        except BackendUnreachable:
+            return False
         try:
-            while not should_stop():
-                try:
-                    item = events.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if not isinstance(item, pyetcd.watch.WatchResponse):
-                    return WatchEnd.BROKEN
-                if any(isinstance(e, pyetcd.events.DeleteEvent) for e in item.events):
-                    return WatchEnd.DELETED
-            return WatchEnd.STOPPED
+            with woken_by(woken, *ends, self.closed):
+                woken.wait()
+            if watch.broken:
+                ends[0].sleep(RETRY_INTERVAL)
+            return watch.deleted
         finally:
-            with suppress(*TRANSIENT_ERRORS):
+            with suppress(*TRANSIENT_ERRORS), self.client.deadline(self.rpc_timeout):
                 self.client.cancel_watch(watch_id)
+
+    def _watch_own_key(self, term: EtcdTerm) -> None:
+        """Lose leadership as soon as our key is gone (step-down, `etcdctl del`, expiry)."""
+        while not term.lost.is_set() and not self.closed.is_set():
+            try:
+                _, meta = self._call(lambda: self.client.get(term.key), cancel=term.lost)
+            except (Cancelled, BackendUnreachable):
+                continue
+            if meta is None or meta.create_revision != term.token:
+                term.lose(f"our leader key {term.key} was deleted")
+                return
+            try:
+                deleted = self._wait_deleted(term.key, meta.response_header.revision, term.lost)
+            except Cancelled:
+                return
+            if deleted:
+                term.lose(f"our leader key {term.key} was deleted")
+                return
 
     # -- leaving ------------------------------------------------------------------------------
 
-    def resign(self) -> None:
+    def resign(self, term: Term) -> bool:
         """Revoke the lease: the key goes with it and the next waiter is woken at once."""
-        if self.leadership is not None:
-            self.leadership.lose("resigned")
-        self._revoke_quietly()
-        self.leadership = None
+        assert isinstance(term, EtcdTerm)
+        term.lose("resigned")
+        term.released = self._revoke(term.lease_id)
+        return term.released
 
-    def _revoke_quietly(self) -> None:
-        lease_id, self.lease_id = self.lease_id, None
-        self.lease_gone.set()
-        if lease_id is None:
-            return
+    def _revoke(self, lease_id: int, until: float | None = None) -> bool:
+        """True once etcd confirmed the lease is gone; else it expires by itself within its
+        TTL and is revoked again before our next candidacy."""
         try:
-            self._retry(lambda: self.client.revoke_lease(lease_id), attempts=8)
-        except Exception as exc:  # the lease expires by itself anyway
+            self._call(
+                lambda: self.client.revoke_lease(lease_id),
+                until=until if until is not None else time.monotonic() + 2 * self.rpc_timeout,
+            )
+            return True
+        except BackendUnreachable as exc:
+            if is_lease_not_found(exc.__cause__ or exc):
+                return True  # expired already: that is released too
             self._unrevoked.append(lease_id)
             log.warning(
                 "could not revoke lease %x (%s); it expires on its own within %gs",
                 lease_id,
-                describe(exc),
+                describe(exc.__cause__),
                 self.settings.timing.ttl,
             )
+            return False
 
     def _revoke_leftover_leases(self) -> None:
         """Revoke leases we failed to revoke earlier (store down), so that under --forever our
         own stale key cannot stand ahead of our new candidacy until it expires."""
         leftovers, self._unrevoked = self._unrevoked, []
         for lease_id in leftovers:
-            with suppress(*TRANSIENT_ERRORS):
+            with suppress(*TRANSIENT_ERRORS), self.client.deadline(self.rpc_timeout):
                 self.client.revoke_lease(lease_id)
                 log.debug("revoked leftover lease %x", lease_id)
-
-    def release_handle(self) -> Mapping[str, Any] | None:
-        return {"lease": self.lease_id} if self.lease_id is not None else None
 
     @classmethod
     def release_orphaned(cls, settings: Settings, handle: Mapping[str, Any]) -> None:
         backend = cls(settings)
         try:
             backend.connect()
-            backend._retry(lambda: backend.client.revoke_lease(int(handle["lease"])), attempts=20)
+            backend._call(
+                lambda: backend.client.revoke_lease(int(handle["lease"])),
+                until=time.monotonic() + settings.connect_timeout,
+            )
         finally:
             backend.close()
 
-    def announce(self, leadership: Leadership, value: bytes) -> None:
+    def announce(self, term: Term, value: bytes) -> None:
+        assert isinstance(term, EtcdTerm)
         txn = self.client.transactions
-        self._retry(
-            lambda: self.client.transaction(
-                compare=[txn.create(leadership.key) == leadership.token],
-                success=[txn.put(leadership.key, value, lease=self.lease_id)],
-                failure=[],
-            ),
-            attempts=3,
-        )
+        with suppress(Cancelled):  # an ended term writes nothing
+            self._call(
+                lambda: self.client.transaction(
+                    compare=[txn.create(term.key) == term.token],
+                    success=[txn.put(term.key, value, lease=term.lease_id)],
+                    failure=[],
+                ),
+                attempts=3,
+                cancel=term.lost,
+            )
 
     # -- last-run record ------------------------------------------------------------------------
 
     def last_run(self) -> bytes | None:
-        value, _ = self._retry(lambda: self.client.get(self.settings.election_path), attempts=8)
+        value, _ = self._call(lambda: self.client.get(self.settings.election_path), attempts=8)
         return bytes(value) if value is not None else None
 
-    def record_run(self, leadership: Leadership, record: bytes) -> bool:
+    def record_run(self, term: Term, record: bytes) -> bool:
         txn = self.client.transactions
-        succeeded, _ = self._retry(
+        succeeded, _ = self._call(
             lambda: self.client.transaction(
-                compare=[txn.create(leadership.key) == leadership.token],
+                compare=[txn.create(term.key) == term.token],
                 success=[txn.put(self.settings.election_path, record)],
                 failure=[],
             ),
@@ -450,7 +571,7 @@ class EtcdBackend(Backend):
 
     def elections(self) -> list[str]:
         root = self.settings.prefix + "/"
-        found = self._retry(lambda: list(self.client.get_prefix(root, keys_only=True)))
+        found = self._call(lambda: list(self.client.get_prefix(root, keys_only=True)))
         names = {
             meta.key.decode("utf-8", "replace")[len(root) :].split("/")[0] for _, meta in found
         }
@@ -458,7 +579,7 @@ class EtcdBackend(Backend):
 
     def view(self, election: str) -> ElectionView:
         path = f"{self.settings.prefix}/{election}"
-        found = self._retry(
+        found = self._call(
             lambda: list(
                 self.client.get_prefix(path + "/", sort_order="ascend", sort_target="create")
             )
@@ -469,10 +590,10 @@ class EtcdBackend(Backend):
         ]
         if candidates:
             lease = found[0][1].lease_id
-            ttl = self._retry(lambda: self.client.get_lease_info(lease)).TTL if lease else None
+            ttl = self._call(lambda: self.client.get_lease_info(lease)).TTL if lease else None
             leader = candidates[0]
             candidates[0] = Candidate(leader.key, leader.token, leader.value, ttl_left=ttl)
-        record, _ = self._retry(lambda: self.client.get(path))
+        record, _ = self._call(lambda: self.client.get(path))
         return ElectionView(election, tuple(candidates), bytes(record) if record else None)
 
     def step_down(self, election: str) -> Candidate | None:
@@ -480,7 +601,7 @@ class EtcdBackend(Backend):
         if leader is None:
             return None
         txn = self.client.transactions
-        self._retry(
+        self._call(
             lambda: self.client.transaction(
                 compare=[txn.create(leader.key) == leader.token],
                 success=[txn.delete(leader.key)],
@@ -488,35 +609,6 @@ class EtcdBackend(Backend):
             )
         )
         return leader
-
-    # -- helpers ------------------------------------------------------------------------------
-
-    def _retry(self, call: Callable[[], Any], attempts: int | None = None) -> Any:
-        """Retry a call through a blip; refusals are final (exit 77)."""
-        tries = 0
-        while True:
-            try:
-                return call()
-            except TRANSIENT_ERRORS as exc:
-                self._raise_if_refused(exc)
-                self._recover(exc)
-                tries += 1
-                if attempts is not None and tries >= attempts:
-                    raise
-                if tries == 8:
-                    log.warning("etcd is not answering (%s); still trying", describe(exc))
-                time.sleep(RETRY_INTERVAL)
-
-    @staticmethod
-    def _raise_if_refused(exc: BaseException) -> None:
-        if is_refusal(exc):
-            raise refusal_error(exc) from None
-
-    def _start_thread(self, name: str, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()]
-        self._threads.append(thread)
-        thread.start()
 
 
 def describe(exc: BaseException | None) -> str:
