@@ -245,17 +245,29 @@ def status(election: str | None, as_json: bool, **options: Any) -> None:
 
 @cli.command("step-down")
 @common_options
-@click.option("--wait", is_flag=True, help="Block until another candidate leads.")
-@click.option("--timeout", default="30s", show_default=True, help="How long --wait waits.")
+@click.option(
+    "--wait", is_flag=True, help="Also wait until the next leader's job runs (or none waits)."
+)
+@click.option(
+    "--timeout",
+    default="60s",
+    show_default=True,
+    help="How long the leader may take to stop its job and hand over (else exit 75).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete the leader's key at once (a dead or hung leader); the next job may overlap.",
+)
 @click.argument("election")
-def step_down(election: str, wait: bool, timeout: str, **options: Any) -> None:
-    """Ask the current leader of ELECTION to hand over (deletes its key)."""
+def step_down(election: str, wait: bool, timeout: str, force: bool, **options: Any) -> None:
+    """Ask the leader of ELECTION to hand over: it stops its job (SIGTERM, --kill-grace,
+    SIGKILL, every descendant), then releases, so the next job starts only after the old one
+    is gone. Exit 0 handed over, 3 no leader, 75 the leader did not act within --timeout."""
     settings = settings_for_operator(election, options)
     from leaderrun.operate import step_down as do_step_down
 
-    sys.exit(
-        do_step_down(settings, election, parse_duration(timeout, "--timeout") if wait else None)
-    )
+    sys.exit(do_step_down(settings, election, parse_duration(timeout, "--timeout"), wait, force))
 
 
 def settings_for_run(command: tuple[str, ...], options: dict[str, Any]) -> Settings:

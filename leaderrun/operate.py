@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -18,10 +19,12 @@ from rich.table import Table
 
 from leaderrun.backends import Backend, Candidate, ElectionView, backend_class
 from leaderrun.errors import ExitCode
-from leaderrun.record import parse_value
+from leaderrun.record import parse_value, step_down_request
 from leaderrun.settings import Settings
 
 SCHEMA_VERSION = 1
+#: Added fields within schema 1: 1 = `step_down` on each election.
+SCHEMA_MINOR = 1
 RAW_PREVIEW = 200
 
 
@@ -83,14 +86,46 @@ def describe_last_run(raw: bytes | None) -> dict[str, Any] | None:
     }
 
 
+def describe_step_down(view: ElectionView) -> dict[str, Any] | None:
+    """The pending step-down request for the current leader's term (schema 1.1), else None:
+    a request for an ended term is no longer pending."""
+    leader = view.leader
+    if view.step_down is None or leader is None:
+        return None
+    document = parse_value(view.step_down)
+    if document is None or document.get("token") != leader.token:
+        return None
+    asked = document.get("asked")
+    return {
+        "token": leader.token,
+        "by": document["id"],
+        "host": document.get("host"),
+        "asked": iso(asked),
+        "asked_seconds_ago": round(time.time() - asked, 1)
+        if isinstance(asked, int | float)
+        else None,
+    }
+
+
 def describe_election(view: ElectionView) -> dict[str, Any]:
     candidates = [describe_candidate(c) for c in view.candidates]
     return {
         "name": view.name,
         "leader": candidates[0] if candidates else None,
+        "step_down": describe_step_down(view),
         "waiting": candidates[1:],
         "last_run": describe_last_run(view.last_run),
     }
+
+
+def step_down_line(request: dict[str, Any]) -> str:
+    ago = request.get("asked_seconds_ago")
+    by = request["by"] + (f" on {request['host']}" if request.get("host") else "")
+    return (
+        f"stepping down, asked {ago:g} s ago by {by}"
+        if ago is not None
+        else f"stepping down, asked by {by}"
+    )
 
 
 # -- status ----------------------------------------------------------------------------------------
@@ -106,6 +141,7 @@ def show_status(settings: Settings, election: str | None, as_json: bool) -> int:
         backend.close()
     document = {
         "schema": SCHEMA_VERSION,
+        "schema_minor": SCHEMA_MINOR,
         "backend": str(settings.backend),
         "prefix": settings.prefix,
         "elections": elections,
@@ -155,6 +191,8 @@ def print_plain(document: dict[str, Any]) -> None:
         print(f"no elections under {document['prefix']}")
     for election in document["elections"]:
         print(f"{election['name']}: {leader_line(election['leader'])}")
+        if election["step_down"] is not None:
+            print(f"  {step_down_line(election['step_down'])}")
         for n, waiter in enumerate(election["waiting"], start=1):
             print(f"  waiting {n}: {who(waiter)}, token {waiter['token']}")
         if election["last_run"] is not None:
@@ -169,9 +207,12 @@ def print_table(document: dict[str, Any]) -> None:
         waiting = "\n".join(
             f"{n}. {who(w)}, token {w['token']}" for n, w in enumerate(election["waiting"], 1)
         )
+        leader = leader_line(election["leader"])
+        if election["step_down"] is not None:
+            leader += f"\n{step_down_line(election['step_down'])}"
         table.add_row(
             election["name"],
-            leader_line(election["leader"]),
+            leader,
             waiting or "-",
             last_run_line(election["last_run"]),
         )
@@ -181,27 +222,88 @@ def print_table(document: dict[str, Any]) -> None:
 # -- step-down -------------------------------------------------------------------------------------
 
 
-def step_down(settings: Settings, election: str, wait: float | None) -> int:
-    """Delete the leader's key; with `wait`, block until another candidate leads."""
+def step_down(settings: Settings, election: str, timeout: float, wait: bool, force: bool) -> int:
+    """Ask the leader of `election` to hand over (SPEC §7); with `force`, remove it at once.
+
+    Exit 0 once the leader released (or was removed), 3 when there was no leader, 75 when it
+    did not act within `timeout` (the request is then withdrawn).
+    """
     backend = connect(settings)
     try:
-        leader = backend.step_down(election)
+        view = backend.view(election)
+        leader = view.leader
         if leader is None:
             print(f"leaderrun: {election} has no leader; nothing to step down", file=sys.stderr)
             return ExitCode.NO_LEADER
-        print(f"{who(describe_candidate(leader))} stepped down from {election}")
-        if wait is None:
+        name = who(describe_candidate(leader))
+        if force:
+            return _force(backend, election, name)
+        request = step_down_request(leader.token, settings.identity)
+        if not backend.request_step_down(election, leader, request):
+            print(f"{name} stopped leading {election} meanwhile; nothing to do")
             return ExitCode.OK
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            successor = backend.view(election).leader
-            if successor is not None and successor.token != leader.token:
-                print(f"{who(describe_candidate(successor))} now leads {election}")
-                return ExitCode.OK
-            time.sleep(0.1)
-        print(
-            f"leaderrun: no other candidate took over {election} within {wait:g}s", file=sys.stderr
-        )
-        return ExitCode.NO_LEADER
+        asked = time.monotonic()
+        print(f"asked {name} to step down from {election}; waiting for its job to stop")
+        if not _await(lambda: _leader_token(backend, election) != leader.token, asked + timeout):
+            backend.withdraw_step_down(election, request)
+            print(
+                f"leaderrun: {name} did not hand over {election} within {timeout:g}s "
+                "(hung or partitioned?); request withdrawn. --force removes it at once",
+                file=sys.stderr,
+            )
+            return ExitCode.LOST
+        backend.withdraw_step_down(election, request)
+        print(f"{name} handed over {election} after {time.monotonic() - asked:.2f}s")
+        if wait:
+            _wait_for_successor(backend, election, leader.token, asked + timeout)
+        return ExitCode.OK
     finally:
         backend.close()
+
+
+def _force(backend: Backend, election: str, name: str) -> int:
+    leader = backend.force_step_down(election)
+    if leader is None:
+        print(f"leaderrun: {election} has no leader; nothing to step down", file=sys.stderr)
+        return ExitCode.NO_LEADER
+    print(
+        f"leaderrun: warning: removed {name} from {election} at once (--force): the next job may "
+        "start while the old one is still stopping; the fencing token is what protects the "
+        "shared resource now",
+        file=sys.stderr,
+    )
+    return ExitCode.OK
+
+
+def _leader_token(backend: Backend, election: str) -> int | None:
+    leader = backend.view(election).leader
+    return leader.token if leader is not None else None
+
+
+def _wait_for_successor(backend: Backend, election: str, old_token: int, until: float) -> None:
+    """`--wait`: until the next leader's child runs (it announces its pid), or nobody waits."""
+
+    def successor_running() -> bool:
+        leader = backend.view(election).leader
+        if leader is None:
+            return True
+        document = parse_value(leader.value)
+        return leader.token != old_token and bool(document and document.get("child_pid"))
+
+    if not _await(successor_running, until):
+        print(f"leaderrun: no new job started in {election} in time", file=sys.stderr)
+        return
+    leader = backend.view(election).leader
+    if leader is None:
+        print(f"nobody was waiting in {election}")
+    else:
+        print(f"{who(describe_candidate(leader))} now leads {election}")
+
+
+def _await(done: Callable[[], bool], until: float) -> bool:
+    """An operator's wait on the store's state: a look every 50 ms, bounded by `until`."""
+    while not done():
+        if time.monotonic() >= until:
+            return False
+        time.sleep(0.05)
+    return True

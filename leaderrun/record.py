@@ -57,3 +57,29 @@ def identity_of(value: bytes) -> str:
         return str(document["id"])
     preview = value[:40].decode("utf-8", "backslashreplace")
     return f"<foreign value {preview!r}{'...' if len(value) > 40 else ''}>"
+
+
+def step_down_request(token: int, identity: str) -> bytes:
+    """What `step-down` writes: which term it asks to hand over, and who asks."""
+    document = {
+        "v": SCHEMA_VERSION,
+        "token": token,
+        "id": identity,
+        "host": socket.gethostname(),
+        "asked": time.time(),
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def requested_token(request: bytes | None) -> int | None:
+    """The term a step-down request names, or None for anything else."""
+    document = parse_value(request) if request else None
+    token = document.get("token") if document else None
+    return token if isinstance(token, int) else None
+
+
+def describe_requester(request: bytes) -> str:
+    """"id@host" of whoever wrote a step-down request, for the leader's log line."""
+    document = parse_value(request) or {}
+    who, host = document.get("id", "someone"), document.get("host")
+    return f"{who}@{host}" if host and host not in str(who) else str(who)

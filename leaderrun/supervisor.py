@@ -66,6 +66,7 @@ class Action(Enum):
     WAIT = "wait"
     AT_RISK = "at_risk"  # the deadline came: stop everything, exit 75
     LOST = "lost"  # the store said the term is over: stop everything, exit 75
+    HANDOVER = "handover"  # `step-down` asked: stop everything as at a normal end, exit 75
     KILL = "kill"  # the grace period is over: SIGKILL what is left
     DONE = "done"  # nothing of the term is left: release
 
@@ -86,7 +87,14 @@ class TermPlan:
     kill_at: float | None = None
     killed_at: float | None = None
 
-    def decide(self, now: float, lease_deadline: float, lost: bool, tree_alive: bool) -> Action:
+    def decide(
+        self,
+        now: float,
+        lease_deadline: float,
+        lost: bool,
+        tree_alive: bool,
+        handover: bool = False,
+    ) -> Action:
         at_risk = now >= self.timing.stop_at(lease_deadline)
         if self.outcome != ExitCode.LOST and not self._stopping_by_signal():
             if at_risk:
@@ -95,6 +103,8 @@ class TermPlan:
                 return Action.AT_RISK
             if lost and tree_alive:
                 return Action.LOST
+            if handover and tree_alive and self.outcome is None:
+                return Action.HANDOVER
         if not tree_alive and self.outcome is not None:
             return Action.DONE
         if self.kill_at is not None and now >= self.kill_at and self.killed_at is None:
@@ -149,6 +159,8 @@ class Supervisor:
         self.elected_at = 0.0
         self.term: Term | None = None
         self.cancel = Flag()
+        #: When this term began handing over to `step-down` (monotonic), if it did.
+        self.handover_started: float | None = None
         self.backend: Backend
 
     # -- entry point --------------------------------------------------------------------------
@@ -375,6 +387,7 @@ class Supervisor:
     def _term(self, term: Term) -> int:
         """One term as leader: maybe skip (--once-per), run the child, record, release."""
         self.term = term
+        self.handover_started = None
         self.elected_at = time.time()
         metrics.set_leader(self.settings.election, True)
         log.info(
@@ -405,6 +418,9 @@ class Supervisor:
         meanwhile and there is time left before the child would have to be stopped again."""
         if term.lost.is_set():
             reason = term.lost_reason
+        elif term.handover_by:
+            self.handover_started = time.monotonic()
+            reason = f"{term.handover_by} asked it to step down"
         elif time.monotonic() >= self._timing(term).stop_at(term.clock.deadline()):
             reason = "the lease is at risk (renewals failing)"
         else:
@@ -467,8 +483,10 @@ class Supervisor:
                 status = child.exit_status()
                 survivors = self._survivors(child, status, watched)
                 tree_alive = status is None or bool(survivors)
-                action = plan.decide(now, deadline, term.lost.is_set(), tree_alive)
-                if action in (Action.AT_RISK, Action.LOST):
+                action = plan.decide(
+                    now, deadline, term.lost.is_set(), tree_alive, bool(term.handover_by)
+                )
+                if action in (Action.AT_RISK, Action.LOST, Action.HANDOVER):
                     self._begin_stop(child, term, plan, action, now, deadline)
                     continue
                 if action is Action.KILL:
@@ -544,7 +562,15 @@ class Supervisor:
         plan.stop(now, deadline, ExitCode.LOST)
         self.guard.send("stopping")
         self._signal(child, signal.SIGTERM)  # SIGKILL follows from the loop when due
-        if action is Action.AT_RISK:
+        if action is Action.HANDOVER:
+            self.handover_started = now
+            log.warning(
+                "stepping down as asked by %s; stopping child pid %d before handing over",
+                term.handover_by,
+                child.pid,
+                extra=event("step_down", pid=child.pid, token=term.token, by=term.handover_by),
+            )
+        elif action is Action.AT_RISK:
             log.warning(
                 "lease renewal failing for %.1fs; stopping child pid %d (lease may expire in "
                 "%.1fs)",
@@ -602,6 +628,8 @@ class Supervisor:
 
     def _finish(self, child: process.Child, term: Term, plan: TermPlan) -> int:
         assert plan.outcome is not None
+        if self.handover_started is not None:
+            return plan.outcome
         if plan.outcome == ExitCode.LOST:
             margin = term.clock.deadline() - time.monotonic()
             log.warning(
@@ -656,7 +684,15 @@ class Supervisor:
             released = False
             log.warning("could not release leadership: %s", exc)
         self.guard.send("released")
-        if released:
+        if released and self.handover_started is not None:
+            log.warning(
+                "handed over %s after %.2fs, as %s asked",
+                self.settings.election_path,
+                time.monotonic() - self.handover_started,
+                term.handover_by,
+                extra=event("handed_over", token=term.token, by=term.handover_by),
+            )
+        elif released:
             log.info(
                 "released leadership of %s", self.settings.election_path, extra=event("released")
             )

@@ -40,6 +40,11 @@ class Queued(NamedTuple):
     key: str
 
 
+def step_down_value(token: int) -> bytes:
+    """A step-down request as leaderrun writes it (SPEC §7), naming the term `token`."""
+    return json.dumps({"v": 1, "token": token, "id": "test-operator", "asked": 0}).encode()
+
+
 def identity_of(value: bytes) -> str:
     """The `id` of one of our values, else the raw value (a foreign candidate)."""
     try:
@@ -110,6 +115,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def put_record(self, election: str, value: bytes) -> None:
         """Write `value` where the election's last-run record lives."""
+
+    @abc.abstractmethod
+    def write_step_down_request(self, election: str, token: int) -> None:
+        """Write a step-down request naming `token`, as `leaderrun step-down` would."""
+
+    @abc.abstractmethod
+    def step_down_request(self, election: str) -> bytes | None:
+        """The raw step-down request stored for `election`, or None."""
 
     @abc.abstractmethod
     def keys_under(self, prefix: str) -> list[str]:
@@ -190,6 +203,15 @@ class EtcdStore(Store):
 
     def put_record(self, election: str, value: bytes) -> None:
         self._put_bytes(f"{PREFIX}/{election}", value)
+
+    def write_step_down_request(self, election: str, token: int) -> None:
+        self._put_bytes(f"{PREFIX}/@step-down/{election}", step_down_value(token))
+
+    def step_down_request(self, election: str) -> bytes | None:
+        key = f"{PREFIX}/@step-down/{election}"
+        out = self.cluster.etcdctl("get", key, "-w", "json").stdout
+        kvs = json.loads(out).get("kvs") or []
+        return base64.b64decode(kvs[0]["value"]) if kvs else None
 
     def keys_under(self, prefix: str) -> list[str]:
         out = self.cluster.etcdctl("get", "--prefix", prefix, "--keys-only").stdout
@@ -291,6 +313,20 @@ class ZkStore(Store):
         with self.client() as client:
             client.ensure_path(f"{PREFIX}/{election}")
             client.set(f"{PREFIX}/{election}", value)
+
+    def write_step_down_request(self, election: str, token: int) -> None:
+        path = f"{PREFIX}/@step-down/{election}"
+        with self.client() as client:
+            client.ensure_path(path)
+            client.set(path, step_down_value(token))
+
+    def step_down_request(self, election: str) -> bytes | None:
+        with self.client() as client:
+            try:
+                data, _ = client.get(f"{PREFIX}/@step-down/{election}")
+            except NoNodeError:
+                return None
+        return bytes(data) or None
 
     def keys_under(self, prefix: str) -> list[str]:
         with self.client() as client:

@@ -413,11 +413,12 @@ def test_step_down_moves_the_job_to_the_next_candidate(
     done = operator(store, "step-down", "--wait", election)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert "node-a" in lines[0] and "stepped down" in lines[0]
+    assert "node-a" in lines[0] and "asked" in lines[0]
+    assert "handed over" in done.stdout
     assert "node-b" in lines[-1] and "now leads" in lines[-1]
     assert wait_exit(a) == 75
     assert not alive(first_child)
-    assert "leadership lost" in a.read_stderr()
+    assert "stepping down as asked by" in a.read_stderr()
     child_pid(pid_b)
     assert queue_ids(store, election) == ["node-b"]
     done_b.touch()

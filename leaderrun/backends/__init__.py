@@ -137,6 +137,8 @@ class Term:
     lost_reason: str = ""
     #: Set when the store confirmed the release (key deleted / lease revoked / session closed).
     released: bool = False
+    #: Who asked this term to hand over (`step-down`), once someone did.
+    handover_by: str = ""
 
     def lose(self, reason: str) -> None:
         if not self.lost.is_set():
@@ -147,6 +149,13 @@ class Term:
     @property
     def elected(self) -> bool:
         return self.token > 0
+
+    def ask_handover(self, by: str) -> None:
+        """`step-down` asked this term to hand over: stop the child as when it ends, then
+        release. The term is not lost: it stays renewed while the child stops."""
+        if not self.handover_by and not self.lost.is_set():
+            self.handover_by = by or "an operator"
+            self.clock.listener()
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,8 @@ class ElectionView:
     name: str
     candidates: tuple[Candidate, ...]
     last_run: bytes | None = None
+    #: A pending `step-down` request (`record.step_down_request`), raw, or None.
+    step_down: bytes | None = None
 
     @property
     def leader(self) -> Candidate | None:
@@ -276,8 +287,28 @@ class Backend(abc.ABC):
         """The queue of `election` in order, leader first, with the last-run record."""
 
     @abc.abstractmethod
-    def step_down(self, election: str) -> Candidate | None:
-        """Delete the current leader's key/node of `election`; the leader it was, or None."""
+    def request_step_down(self, election: str, leader: Candidate, request: bytes) -> bool:
+        """Ask `leader` to hand over: write `request` at `step_down_path`, only while `leader`
+        still leads (False when it no longer does). The leader watches that path from its
+        election on, and a request naming another term's token is ignored and cleaned up."""
+
+    @abc.abstractmethod
+    def withdraw_step_down(self, election: str, request: bytes) -> None:
+        """Remove `request` if it is still the pending one (the leader did not act in time)."""
+
+    @abc.abstractmethod
+    def force_step_down(self, election: str) -> Candidate | None:
+        """Delete the current leader's key/node of `election` at once; the leader it was."""
+
+
+def step_down_path(root: str, election: str) -> str:
+    """Where a step-down request for `election` lives: outside the candidate queue, under a
+    name no election can have ('@' is not allowed in election names), so `etcdctl elect`,
+    kazoo's contenders and `status` never take it for a candidate or an election."""
+    return f"{root}/{STEP_DOWN_DIR}/{election}"
+
+
+STEP_DOWN_DIR = "@step-down"
 
 
 def backend_class(scheme: str) -> type[Backend]:

@@ -41,10 +41,12 @@ from leaderrun.backends import (
     Flag,
     LeaseClock,
     Term,
+    step_down_path,
     woken_by,
 )
 from leaderrun.errors import BackendRefused, BackendUnreachable
-from leaderrun.settings import Settings
+from leaderrun.record import describe_requester, requested_token
+from leaderrun.settings import ELECTION_NAME, Settings
 
 log = logging.getLogger(__name__)
 
@@ -185,16 +187,20 @@ class WatchedKey:
     """A watch for the deletion of one key after a revision; wakes `woken` on delete or when
     the watch breaks (then `broken`). Callbacks run on the client's watch thread."""
 
-    def __init__(self, woken: threading.Event) -> None:
+    def __init__(self, woken: threading.Event, any_change: bool = False) -> None:
         self.woken = woken
+        self.any_change = any_change
         self.deleted = False
+        self.changed = False
         self.broken = False
 
     def __call__(self, response: Any) -> None:
         if not isinstance(response, pyetcd.watch.WatchResponse):
             self.broken = True
         elif any(isinstance(e, pyetcd.events.DeleteEvent) for e in response.events):
-            self.deleted = True
+            self.deleted = self.changed = True
+        elif self.any_change and response.events:
+            self.changed = True
         else:
             return
         self.woken.set()
@@ -403,6 +409,7 @@ class EtcdBackend(Backend):
             if token is not None:
                 term.token = token
                 self._start(term, "leader-watch", self._watch_own_key)
+                self._start(term, "step-down-watch", self._watch_step_down)
                 return term
             self._withdraw(term)
         return None
@@ -441,12 +448,15 @@ class EtcdBackend(Backend):
             self._wait_deleted(key, meta.response_header.revision, cancel, term.lost)
         return None
 
-    def _wait_deleted(self, key: str, seen_revision: int, *ends: Flag) -> bool:
-        """Wait for a DELETE of `key` after `seen_revision` (so no event between the read and
-        the watch is missed), or until one of `ends` is set. True when deleted; a broken watch
-        returns False after a short cancellable pause (the caller reads again)."""
+    def _wait_deleted(
+        self, key: str, seen_revision: int, *ends: Flag, any_change: bool = False
+    ) -> bool:
+        """Wait for a DELETE of `key` (with `any_change`, any change) after `seen_revision` (so
+        no event between the read and the watch is missed), or until one of `ends` is set.
+        True when it happened; a broken watch returns False after a short cancellable pause
+        (the caller reads again)."""
         woken = threading.Event()
-        watch = WatchedKey(woken)
+        watch = WatchedKey(woken, any_change)
         try:
             watch_id = self._call(
                 lambda: self.client.add_watch_callback(
@@ -461,7 +471,7 @@ class EtcdBackend(Backend):
                 woken.wait()
             if watch.broken:
                 ends[0].sleep(RETRY_INTERVAL)
-            return watch.deleted
+            return watch.changed if any_change else watch.deleted
         finally:
             with suppress(*TRANSIENT_ERRORS), self.client.deadline(self.rpc_timeout):
                 self.client.cancel_watch(watch_id)
@@ -483,6 +493,46 @@ class EtcdBackend(Backend):
             if deleted:
                 term.lose(f"our leader key {term.key} was deleted")
                 return
+
+    def _watch_step_down(self, term: EtcdTerm) -> None:
+        """Hand over when `step-down` asks this term to; clean up a request for another term."""
+        path = step_down_path(self.settings.prefix, self.settings.election)
+        while not term.lost.is_set() and not self.closed.is_set():
+            try:
+                request, meta = self._call(lambda: self.client.get(path), cancel=term.lost)
+            except (Cancelled, BackendUnreachable):
+                return
+            if request is not None:
+                asked = requested_token(bytes(request))
+                if asked == term.token:
+                    term.ask_handover(describe_requester(bytes(request)))
+                    return
+                if asked is None or asked < term.token:  # for an ended term: ignored
+                    self._delete_if_unchanged(path, meta.mod_revision)
+            revision = meta.response_header.revision if meta is not None else self._revision()
+            if revision is None:
+                term.lost.sleep(RETRY_INTERVAL)
+                continue
+            with suppress(Cancelled):
+                self._wait_deleted(path, revision, term.lost, any_change=True)
+
+    def _revision(self) -> int | None:
+        """The store's current revision (a watch started after it misses nothing)."""
+        try:
+            _, meta = self._call(lambda: self.client.get(self.key_prefix), attempts=3)
+        except BackendUnreachable:
+            return None
+        return None if meta is None else int(meta.response_header.revision)
+
+    def _delete_if_unchanged(self, key: str, mod_revision: int) -> None:
+        txn = self.client.transactions
+        with suppress(BackendUnreachable):
+            self._call(
+                lambda: self.client.transaction(
+                    compare=[txn.mod(key) == mod_revision], success=[txn.delete(key)], failure=[]
+                ),
+                attempts=3,
+            )
 
     # -- leaving ------------------------------------------------------------------------------
 
@@ -575,7 +625,7 @@ class EtcdBackend(Backend):
         names = {
             meta.key.decode("utf-8", "replace")[len(root) :].split("/")[0] for _, meta in found
         }
-        return sorted(name for name in names if name)
+        return sorted(name for name in names if ELECTION_NAME.fullmatch(name))
 
     def view(self, election: str) -> ElectionView:
         path = f"{self.settings.prefix}/{election}"
@@ -594,9 +644,38 @@ class EtcdBackend(Backend):
             leader = candidates[0]
             candidates[0] = Candidate(leader.key, leader.token, leader.value, ttl_left=ttl)
         record, _ = self._call(lambda: self.client.get(path))
-        return ElectionView(election, tuple(candidates), bytes(record) if record else None)
+        request, _ = self._call(
+            lambda: self.client.get(step_down_path(self.settings.prefix, election))
+        )
+        return ElectionView(
+            election,
+            tuple(candidates),
+            bytes(record) if record else None,
+            step_down=bytes(request) if request else None,
+        )
 
-    def step_down(self, election: str) -> Candidate | None:
+    def request_step_down(self, election: str, leader: Candidate, request: bytes) -> bool:
+        txn = self.client.transactions
+        path = step_down_path(self.settings.prefix, election)
+        succeeded, _ = self._call(
+            lambda: self.client.transaction(
+                compare=[txn.create(leader.key) == leader.token],
+                success=[txn.put(path, request)],
+                failure=[],
+            )
+        )
+        return bool(succeeded)
+
+    def withdraw_step_down(self, election: str, request: bytes) -> None:
+        txn = self.client.transactions
+        path = step_down_path(self.settings.prefix, election)
+        self._call(
+            lambda: self.client.transaction(
+                compare=[txn.value(path) == request], success=[txn.delete(path)], failure=[]
+            )
+        )
+
+    def force_step_down(self, election: str) -> Candidate | None:
         leader = self.view(election).leader
         if leader is None:
             return None
