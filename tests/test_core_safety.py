@@ -13,8 +13,10 @@ import fcntl
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, descendants, wait_for
@@ -229,3 +231,21 @@ def test_sigterm_ends_a_campaign_while_the_store_is_down(
         member.start()
     leader.send_signal(signal.SIGTERM)
     wait_exit(leader, 30)
+
+
+def test_a_plain_etcd_run_imports_no_rich_prometheus_or_kazoo(
+    etcd: Any, election: str, processes: ProcessRegistry
+) -> None:
+    """`leaderrun -- true` on etcd must start fast: the libraries it does not need stay out of
+    both processes (python -X importtime lists every module each process imports)."""
+    argv = [sys.executable, "-X", "importtime", "-m", "leaderrun", "--backend",
+            etcd.backend_url, "-e", election, "--", "true"]  # fmt: skip
+    proc = processes.start(argv)
+    assert wait_exit(proc) == 0
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in proc.read_stderr().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "pyetcd" in imported  # the measurement works
+    assert not imported & {"rich", "prometheus_client", "kazoo", "psutil"}
