@@ -381,7 +381,10 @@ def test_child_gets_default_signals_and_no_fds(helper: Callable[..., Helper]) ->
     assert state["status"] == 128 + signal.SIGTERM  # 143: SIGTERM was not ignored
     sig = dict(line.split(":") for line in state["sig"].splitlines())
     assert int(sig["SigBlk"], 16) == 0, state["sig"]
-    assert int(sig["SigIgn"], 16) == 0, state["sig"]
+    # Signals 32 and 33 are glibc's own (thread cancellation, setxid): its posix_spawn leaves
+    # them ignored in the child, and glibc in the command installs its handlers over that.
+    glibc_internal = (1 << 31) | (1 << 32)
+    assert int(sig["SigIgn"], 16) & ~glibc_internal == 0, state["sig"]
     # grep's stdout is the file; ls has 0-2 and its directory fd; no fd 50, no wakeup fd.
     assert set(state["fds"]) <= {"0", "1", "2", "3"}, state["fds"]
     # ... and the parent's own signal state is untouched.
@@ -419,7 +422,7 @@ def test_cgroup_kill_defeats_fork_loop(
 
     child = spawned(["sh", "-c", "while :; do sleep 10 & done"], cgroup=cg)
     assert child.cgroup is cg
-    assert child.pid in cg.pids()  # in it from the start
+    wait_for(lambda: child.pid in cg.pids(), 5, message="the child to join its cgroup")
     wait_for(lambda: len(cg.pids()) >= 10, 10, message="the loop to fork")
 
     sweep = sweep_only(child)
@@ -441,7 +444,7 @@ def test_spawn_falls_back_when_the_move_fails(
     cg = require(cgroups("vanished"))
     os.rmdir(cg.path)  # the child's write to cgroup.procs fails now
     child = spawned(["sleep", "100"], cgroup=cg)
-    assert child.cgroup is None, "spawn must drop a cgroup the child could not join"
+    wait_for(lambda: child.cgroup is None, 5, message="the cgroup dropped: the child cannot join")
     assert child.exit_status() is None
     sweep = sweep_only(child)
     assert sweep.signalled == [child.pid]
@@ -465,6 +468,7 @@ def test_cgroup_nests_under_our_own_cgroup(helper: Callable[..., Helper]) -> Non
             cgroup = process.Cgroup.create("inner")
             assert cgroup is not None
             child = process.spawn(["sleep", "100"], dict(os.environ), cgroup)
+            wait_until(lambda: child.pid in cgroup.pids(), what="the child in its cgroup")
             with open("/proc/%d/cgroup" % child.pid) as f:
                 membership = [l.strip() for l in f if l.startswith("0::")]
             members = cgroup.pids()
