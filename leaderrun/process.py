@@ -326,8 +326,8 @@ def spawn(command: Sequence[str], env: Mapping[str, str], cgroup: Cgroup | None)
     right after (the child inherits the cgroup at birth). The kernel makes the first such move
     after a quiet while wait for an RCU grace period (10-20 ms measured here); moves in quick
     succession (a busy chain of jobs) cost ~0.1 ms. Nothing kills that cgroup while we are in
-    it: the term's deadline is still ahead when it starts its child. If the move is refused, the command runs
-    without the cgroup (logged; the returned Child's cgroup is None).
+    it: the term's deadline is still ahead when it starts its child. If the move is refused,
+    the command runs without the cgroup (logged; the returned Child's cgroup is None).
     """
     if not command:
         raise ValueError("empty command")

@@ -1,6 +1,8 @@
 """What only ZooKeeper has: kazoo's election layout (interop both ways), czxid tokens, the
 session timeout the server negotiates, connection SUSPENDED/reconnect, the chroot, and
-digest auth with ACLs.
+digest auth with ACLs; and, as units against a real server, what the CLI cannot reach: a
+session that changes while our node is created, a release the server never confirmed, and a
+campaign cancelled during an outage.
 Everything else runs on both backends in test_contract.py and test_faults.py."""
 
 from __future__ import annotations
@@ -11,17 +13,21 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, wait_for
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoAuthError
+from kazoo.exceptions import ConnectionLoss, NoAuthError
 from kazoo.recipe.election import Election
 from runs import alive, child_pid, long_job, sh, start, wait_exit
 from servers import ZkEnsemble, ZkMember, four_letter
-from stores import PREFIX, ZkStore
+from stores import PREFIX, ZkStore, step_down_value
+
+from leaderrun.backends import Cancelled, Flag, Term
+from leaderrun.backends.zookeeper import NODE_MARK, ZkTerm, ZooKeeperBackend
+from leaderrun.settings import Settings, build_timing, parse_backend_url
 
 NODE_NAME = re.compile(r"[0-9a-f]{32}__lock__\d{10}")
 
@@ -246,6 +252,14 @@ def test_auth_file_lets_only_that_identity_change_our_nodes(
     assert operator("status", "--json", election).returncode == 0
     refused = operator("step-down", election)
     assert refused.returncode == 77 and len(refused.stderr.strip().splitlines()) == 1
+    # Nor does a request written around leaderrun, in a request node others may write.
+    request_node = f"{PREFIX}/@step-down/{election}"
+    with kazoo(zk) as client:
+        client.delete(request_node)
+        client.create(request_node, step_down_value(leader.token))
+    wait_for(lambda: "ignoring a step-down request" in proc.read_stderr(), 15)
+    wait_for(lambda: store.step_down_request(election) is None, 15, message="request replaced")
+    assert alive(pid) and proc.poll() is None
     intruder = start(processes, zk, election, "true", opts=("--zk-auth-file", str(other)))
     assert wait_exit(intruder) == 77
     assert alive(pid) and [c.key for c in store.candidates(election)] == [leader.key]
@@ -290,3 +304,234 @@ def test_frozen_server_of_our_connection_is_left_for_another_member(
     done.touch()
     assert wait_exit(proc) == 0
     assert "WARNING" not in proc.read_stderr()
+
+
+# -- the backend as a unit, against a real server ----------------------------------------------
+
+
+def unit_settings(ensemble: ZkEnsemble, election: str, ttl: float = 10.0) -> Settings:
+    return Settings(
+        backend=parse_backend_url(ensemble.backend_url),
+        election=election,
+        prefix=PREFIX,
+        identity="unit",
+        timing=build_timing(ttl=ttl, kill_grace=1.0, renew_interval=None),
+        connect_timeout=5.0,
+        command=("true",),
+    )
+
+
+@contextmanager
+def unit_backend(
+    ensemble: ZkEnsemble, election: str, ttl: float = 10.0
+) -> Iterator[ZooKeeperBackend]:
+    backend = ZooKeeperBackend(unit_settings(ensemble, election, ttl))
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def expire_session(ensemble: ZkEnsemble, client_id: tuple[int, bytes]) -> None:
+    """End a session on the server for real: take it over with its id and password, close it."""
+    other = KazooClient(hosts=ensemble.endpoints, client_id=client_id, timeout=10.0)
+    other.start(timeout=10)
+    other.stop()
+    other.close()
+
+
+def queue_names(ensemble: ZkEnsemble, election: str) -> list[str]:
+    with kazoo(ensemble) as client:
+        return sorted(client.get_children(f"{PREFIX}/{election}"))
+
+
+def test_session_change_while_our_node_is_created_never_queues_us_behind_our_own_node(
+    zk: ZkEnsemble, election: str
+) -> None:
+    """Defect 6: the create lands, its answer is lost, the session expires and kazoo opens a
+    new one, where the retried create lands again. The first wave then waited with a new
+    uuid behind that node of its own, for ever (the duplicate clean-up matched only the new
+    uuid). Now a new session ends the term: its nodes go, and a new term leads at once."""
+    sabotaged: list[ZkTerm] = []
+
+    def sabotage(term: Term) -> None:
+        assert isinstance(term, ZkTerm)
+        if sabotaged:
+            return
+        sabotaged.append(term)
+        client = term.client
+        real_create = client.create_async
+
+        def create_async(path: str, value: bytes = b"", **options: object) -> object:
+            if not options.get("sequence"):  # kazoo's ensure_path, on its own thread
+                return real_create(path, value, **options)
+            client.create_async = real_create  # only our first node's create is sabotaged
+            real_create(path, value, **options).get(5)  # lands in the term's session
+            old = client.client_id
+            expire_session(zk, old)
+            wait_for(
+                lambda: client.client_id is not None and client.client_id[0] != old[0],
+                15,
+                message="kazoo in a new session",
+            )
+            real_create(path, value, **options).get(5)  # the retry lands in the new one
+            answer = client.handler.async_result()
+            answer.set_exception(ConnectionLoss())  # and its answer, too, is lost
+            return answer
+
+        client.create_async = create_async
+
+    with unit_backend(zk, election) as backend:
+        backend.on_queued = sabotage
+        backend.connect()
+        started = time.monotonic()
+        term = backend.campaign(b"ours", Flag())
+        took = time.monotonic() - started
+
+        assert term is not None and term.elected and term.node is not None
+        (first,) = sabotaged
+        assert first.lost.is_set() and "session" in first.lost_reason
+        assert term.session_id != first.session_id and term.prefix != first.prefix
+        # Alone in the queue: no node of the first term's uuid waits ahead (or behind) us.
+        assert queue_names(zk, election) == [term.node.rsplit("/", 1)[1]]
+        with kazoo(zk) as client:
+            _, stat = client.get(term.node)
+        assert stat.ephemeralOwner == term.session_id and stat.czxid == term.token
+        assert took < 10.0, f"led only after {took:.1f}s: waited for a session to expire"
+        assert backend.resign(term) is True
+        assert queue_names(zk, election) == []
+
+
+def test_release_the_server_did_not_confirm_is_reported_and_never_waited_behind(
+    zk_private: ZkEnsemble, election: str
+) -> None:
+    """Defect 7: the delete of our node timed out while the server was frozen, the first wave
+    logged "released" and campaigned again in the same live session, its stale node first in
+    the queue (nobody led for 24 s). Now `resign` says False, and the next campaign is in a
+    new session and leads long before the old session could expire."""
+    ttl = 20.0
+    member = zk_private.members[0]
+    store = ZkStore(zk_private)
+    with unit_backend(zk_private, election, ttl=ttl) as backend:
+        backend.connect()
+        term = backend.campaign(b"first", Flag())
+        assert term is not None and term.elected and term.node is not None
+
+        member.freeze()
+        try:
+            asked = time.monotonic()
+            released = backend.resign(term)
+            took = time.monotonic() - asked
+        finally:
+            member.thaw()
+        assert released is False and not term.released
+        assert term.lost.is_set()
+        assert took < 6.0, f"resign took {took:.1f}s"
+
+        zk_private.wait_healthy()
+        asked = time.monotonic()
+        second = backend.campaign(b"second", Flag())
+        took = time.monotonic() - asked
+        assert second is not None and second.elected and second.node is not None
+        assert second.session_id != term.session_id
+        assert took < ttl / 2, f"led only after {took:.1f}s: waited behind our old node"
+        assert [c.key for c in store.candidates(election)] == [second.node]
+        assert not any(name.startswith(term.prefix) for name in queue_names(zk_private, election))
+        assert backend.resign(second) is True
+        assert store.candidates(election) == []
+    # The old session did not outlive its timeout (closed late, or expired).
+    wait_for(lambda: store.released(term.session_id), ttl + 5, message="old session gone")
+
+
+def test_a_node_an_earlier_term_left_behind_is_removed_not_waited_behind(
+    zk: ZkEnsemble, election: str
+) -> None:
+    """What an unconfirmed release can leave: a node of an ended term of ours, in a session
+    the server still keeps. The next term deletes it instead of waiting for that session."""
+    with unit_backend(zk, election, ttl=20.0) as backend, kazoo(zk) as other:
+        backend.connect()
+        first = backend.campaign(b"first", Flag())
+        assert first is not None and isinstance(first, ZkTerm)
+        assert backend.resign(first) is True
+        leftover = other.create(
+            f"{PREFIX}/{election}/{first.prefix}", b"first", ephemeral=True, sequence=True
+        )
+
+        cancel = Flag()
+        timer = threading.Timer(10.0, cancel.set)
+        timer.start()
+        try:
+            second = backend.campaign(b"second", cancel)
+        finally:
+            timer.cancel()
+        assert second is not None, "waited behind a node of our own earlier term"
+        assert isinstance(second, ZkTerm) and second.node is not None
+        assert other.exists(leftover) is None
+        assert queue_names(zk, election) == [second.node.rsplit("/", 1)[1]]
+        assert backend.resign(second) is True
+
+
+def test_campaign_during_an_outage_ends_promptly_when_cancelled(
+    zk_private: ZkEnsemble, election: str
+) -> None:
+    """Defect 8: a campaign retried its store calls through an outage whatever `cancel`
+    said. Now each call has a deadline and every wait and retry ends when `cancel` is set:
+    against a frozen server (requests in flight) and a stopped one (connecting)."""
+    member = zk_private.members[0]
+
+    def cancelled_within(backend: ZooKeeperBackend) -> float:
+        cancel = Flag()
+        outcome: list[object] = []
+
+        def run() -> None:
+            try:
+                outcome.append(backend.campaign(b"waiting", cancel))
+            except Cancelled as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(3.0)
+        assert thread.is_alive(), f"campaign returned during the outage: {outcome}"
+        cancel.set()
+        asked = time.monotonic()
+        thread.join(10.0)
+        took = time.monotonic() - asked
+        assert not thread.is_alive(), "campaign still running after cancel"
+        assert outcome == [None] or isinstance(outcome[0], Cancelled), outcome
+        return took
+
+    with unit_backend(zk_private, election) as connected:
+        connected.connect()
+        member.freeze()
+        try:
+            took = cancelled_within(connected)
+        finally:
+            member.thaw()
+        assert took < 3.0, f"frozen server: campaign returned {took:.1f}s after cancel"
+
+    member.stop()
+    with unit_backend(zk_private, election) as fresh:
+        took = cancelled_within(fresh)
+        assert took < 3.0, f"stopped server: campaign returned {took:.1f}s after cancel"
+
+
+def test_node_names_keep_kazoos_layout_with_one_uuid_per_term(
+    zk: ZkEnsemble, election: str
+) -> None:
+    """Each term has its own uuid prefix and its own session; the node is kazoo's layout."""
+    with unit_backend(zk, election) as backend:
+        backend.connect()
+        terms = []
+        for value in (b"one", b"two"):
+            term = backend.campaign(value, Flag())
+            assert isinstance(term, ZkTerm) and term.node is not None
+            name = term.node.rsplit("/", 1)[1]
+            assert NODE_NAME.fullmatch(name) and name.startswith(term.prefix)
+            assert term.prefix.endswith(NODE_MARK)
+            assert term.handle["session_id"] == term.session_id
+            terms.append(term)
+            assert backend.resign(term) is True and term.released
+        assert terms[0].prefix != terms[1].prefix
+        assert terms[0].session_id != terms[1].session_id
+        assert terms[0].token < terms[1].token
