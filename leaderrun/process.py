@@ -498,6 +498,22 @@ def _live_tree(root: int, skip: set[int]) -> dict[int, int]:
     return alive
 
 
+def leftovers(child: Child) -> list[int]:
+    """What is left of the term once `child` has exited (and been reaped).
+
+    In a cgroup that is exactly its members (a process cannot leave a cgroup by itself), read
+    from one file; else every live descendant, from a /proc scan. Exited orphans re-parented
+    to us are reaped either way.
+    """
+    cgroup = child.cgroup
+    if cgroup is None or not child.reaped:
+        return live_tree(exclude=() if child.reaped else (child.pid,))
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    return cgroup.pids()
+
+
 def _reap(pid: int) -> bool:
     """Collect a zombie child of ours; False if it is not reapable yet (live threads)."""
     try:

@@ -497,9 +497,10 @@ class Supervisor:
                 if status is not None and plan.outcome is None:
                     plan.outcome = status
                     self._child_exited(child, status, survivors)
-                    if survivors:
-                        plan.stop(now, deadline)
-                        self._signal(child, signal.SIGTERM)
+                    if not survivors:  # not at risk (decided above): the common, fast end
+                        return self._finish(child, term, plan)
+                    plan.stop(now, deadline)
+                    self._signal(child, signal.SIGTERM)
                     continue
                 fds = [*self._idle_fds(), self.wakeup.fd, *watched]
                 if status is None:
@@ -518,7 +519,7 @@ class Supervisor:
         end wakes the loop (a /proc scan happens only then, not on a timer)."""
         if status is None:
             return []
-        survivors = process.live_tree()
+        survivors = process.leftovers(child)
         for fd in list(watched):
             os.close(fd)
             del watched[fd]
