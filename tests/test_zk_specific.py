@@ -232,6 +232,10 @@ def test_auth_file_lets_only_that_identity_change_our_nodes(
     other.write_text("intruder:nope\n")
     other.chmod(0o600)
     job, pid_file, _ = long_job(tmp_path, ignore_term=False)
+    # The server is shared: were this the first run to create the prefix node, it would get
+    # this identity's ACL too and refuse every later test's elections.
+    with kazoo(zk) as client:
+        client.ensure_path(PREFIX)
     proc = start(processes, zk, election, *job, opts=("--zk-auth-file", str(auth)))
     pid = child_pid(pid_file)
     store = ZkStore(zk)

@@ -35,8 +35,13 @@ retry policy it may reconnect only seconds after the server is back. So this bac
 `resign` deletes our node (the next candidate is woken at once) and closes the session; it
 reports the release only once the server confirmed one of them.
 
+`step-down` writes its request in a node outside the queue (`step_down_path`, so kazoo's
+contenders never see it), which the leader watches from its election on.
+
 With `--zk-auth-file` (digest `user:password`) the nodes we create get an ACL that lets only
-that identity change them and everyone read them; a refusal by an ACL exits 77.
+that identity change them and everyone read them; a refusal by an ACL exits 77. The leader then
+also makes its election's step-down request node its own, and honours a request only in a node
+nobody else may write.
 """
 
 from __future__ import annotations
