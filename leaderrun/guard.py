@@ -51,7 +51,16 @@ def run_guarded(settings: Settings) -> int:
     os.close(life_r)
     os.close(info_w)
     os.set_blocking(info_r, False)
-    return Guard(settings, worker, info_r).run()
+    os.set_blocking(life_w, False)
+    return Guard(settings, worker, info_r, life_w, watchdog_interval()).run()
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's `WatchdogSec=` when it is meant for us (`WATCHDOG_PID` is ours)."""
+    usec, pid = os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
 
 
 @dataclass
@@ -74,6 +83,11 @@ class Guard:
     settings: Settings
     worker: int
     info_fd: int
+    #: Our end of the pipe whose EOF tells the worker we died; a byte on it is a ping.
+    life_fd: int = -1
+    #: Send `WATCHDOG=1` this often (systemd's WatchdogSec / 2), when the worker answers.
+    watchdog: float | None = None
+    next_ping: float = 0.0
     handle: dict[str, Any] | None = None
     released: bool = True
     child_started: bool = False
@@ -90,7 +104,9 @@ class Guard:
                 self._read_reports()
             if inbox.fd in ready:
                 self._forward(inbox.take())
-            self._enforce(time.monotonic())
+            now = time.monotonic()
+            self._enforce(now)
+            self._ping(now)
             if pidfd in ready:
                 break
         _, status = os.waitpid(self.worker, 0)
@@ -103,10 +119,26 @@ class Guard:
     # -- the deadline -------------------------------------------------------------------------
 
     def _next_action(self) -> float | None:
+        moments = [self.next_ping] if self.watchdog is not None else []
         armed = self.armed
-        if armed is None or armed.killed:
-            return None
-        return armed.kill if armed.termed else armed.stop
+        if armed is not None and not armed.killed:
+            moments.append(armed.kill if armed.termed else armed.stop)
+        return min(moments) if moments else None
+
+    def _ping(self, now: float) -> None:
+        """systemd's watchdog: ask the worker's loop; `WATCHDOG=1` goes out on its answer."""
+        if self.watchdog is None or now < self.next_ping:
+            return
+        self.next_ping = now + self.watchdog
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(self.life_fd, b"p")
+
+    def _pong(self) -> None:
+        """The worker's loop is alive; vouch for it only while its lease is inside the
+        deadline (a leader past its stop point is not healthy, whatever its loop does)."""
+        armed = self.armed
+        if armed is None or time.monotonic() < armed.stop:
+            sd_notify("WATCHDOG=1")
 
     def _enforce(self, now: float) -> None:
         """Stop the child's tree at the deadline the worker last sent, whatever the worker does."""
@@ -162,6 +194,8 @@ class Guard:
             self.armed = None
         elif kind == "released":
             self.released = True
+        elif kind == "pong":
+            self._pong()
         elif kind == "notify":
             self._notify(str(report["status"]), bool(report["ready"]))
 
@@ -229,6 +263,21 @@ class GuardLink:
         self.dropped = 0
         if report_fd is not None:
             os.set_blocking(report_fd, False)
+        if gone_fd is not None:
+            os.set_blocking(gone_fd, False)
+
+    def guard_died(self) -> bool:
+        """`gone_fd` is readable: EOF means the guard is gone; bytes are watchdog pings,
+        answered at once (this runs in the supervision loop: the answer proves it alive)."""
+        assert self.gone_fd is not None
+        try:
+            pings = os.read(self.gone_fd, 64)
+        except BlockingIOError:
+            return False
+        if not pings:
+            return True
+        self.send("pong")
+        return False
 
     def send(self, kind: str, **fields: Any) -> None:
         """One line, written whole or not at all (< PIPE_BUF bytes are atomic): never blocks."""

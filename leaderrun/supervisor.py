@@ -42,7 +42,7 @@ from leaderrun.settings import Settings, Timing
 log = logging.getLogger("leaderrun")
 T = TypeVar("T")
 
-HIDDEN_ENV = ("NOTIFY_SOCKET", "LEADERRUN_PASSWORD")
+HIDDEN_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LEADERRUN_PASSWORD")
 BACKOFF_MAX = 30.0
 #: How long a cancelled store call may take to notice (its in-flight request times out).
 CANCEL_GRACE = 2.5
@@ -161,6 +161,10 @@ class Supervisor:
         self.cancel = Flag()
         #: When this term began handing over to `step-down` (monotonic), if it did.
         self.handover_started: float | None = None
+        #: `/healthz` pokes `pings`; the loop answers by setting `pong` wherever it waits.
+        self.pings = events.Wakeup()
+        self.pong = threading.Event()
+        self.role = "starting"
         self.backend: Backend
 
     # -- entry point --------------------------------------------------------------------------
@@ -169,7 +173,9 @@ class Supervisor:
         self.inbox = events.SignalInbox()
         process.become_subreaper()
         if self.settings.metrics_addr:
-            metrics.serve(self.settings.metrics_addr)
+            metrics.health_probe = self._answer_health_probe
+            metrics.leader_view = self._leader_view
+            metrics.serve(self.settings.metrics_addr, self.settings.election)
         self.command_path = process.resolve_command(self.settings.command)
         backend = backend_class(self.settings.backend.scheme)(self.settings)
         backend.on_waiting = self._on_waiting
@@ -225,7 +231,7 @@ class Supervisor:
 
     def _idle_fds(self) -> list[int]:
         assert self.inbox is not None
-        fds = [self.inbox.fd]
+        fds = [self.inbox.fd, self.pings.fd]
         if self.guard.gone_fd is not None:
             fds.append(self.guard.gone_fd)
         return fds
@@ -233,7 +239,12 @@ class Supervisor:
     def _check_idle(self, ready: set[int]) -> int | None:
         """While not leading: the stop signal that arrived, if any (others are ignored)."""
         assert self.inbox is not None
-        if self.guard.gone_fd is not None and self.guard.gone_fd in ready:
+        self._answer_pings(ready)
+        if (
+            self.guard.gone_fd is not None
+            and self.guard.gone_fd in ready
+            and self.guard.guard_died()
+        ):
             return signal.SIGKILL
         if self.inbox.fd in ready:
             for signum in self.inbox.take():
@@ -320,6 +331,7 @@ class Supervisor:
         )
         self._notify("campaigning", ready=True)
         metrics.set_leader(self.settings.election, False)
+        self.role = "waiting"
         self.queued_at = time.time()
         value = candidate_value(
             self.settings.identity,
@@ -389,7 +401,8 @@ class Supervisor:
         self.term = term
         self.handover_started = None
         self.elected_at = time.time()
-        metrics.set_leader(self.settings.election, True)
+        self.role = "leader"
+        metrics.set_leader(self.settings.election, True, term.token, term.clock.ttl)
         log.info(
             "elected leader of %s with fencing token %d",
             self.settings.election_path,
@@ -467,7 +480,8 @@ class Supervisor:
         finally:
             child.close()
         self.guard.send("tree_gone")
-        metrics.child_exited(self.settings.election, status)
+        own_status = child.exit_status()
+        metrics.child_exited(self.settings.election, status if own_status is None else own_status)
         return status
 
     def _supervise(self, child: process.Child, term: Term) -> int:
@@ -530,7 +544,12 @@ class Supervisor:
         self, ready: set[int], child: process.Child, term: Term, plan: TermPlan
     ) -> None:
         assert self.inbox is not None
-        if self.guard.gone_fd is not None and self.guard.gone_fd in ready:
+        self._answer_pings(ready)
+        if (
+            self.guard.gone_fd is not None
+            and self.guard.gone_fd in ready
+            and self.guard.guard_died()
+        ):
             self._guard_died(child, plan)
         if self.inbox.fd in ready:
             for signum in self.inbox.take():
@@ -678,6 +697,7 @@ class Supervisor:
         threading.Thread(target=send, name="announce", daemon=True).start()
 
     def _release(self, term: Term) -> None:
+        self.role = "released"
         metrics.set_leader(self.settings.election, False)
         try:
             released = self.backend.resign(term)
@@ -747,6 +767,34 @@ class Supervisor:
                 "could not record the successful run: leadership was lost before it was written",
                 extra=event("record_failed"),
             )
+
+    # -- health ------------------------------------------------------------------------------
+
+    def _answer_pings(self, ready: set[int]) -> None:
+        if self.pings.fd in ready:
+            self.pings.drain()
+            self.pong.set()
+
+    def _answer_health_probe(self, timeout: float) -> bool:
+        """From the HTTP thread: does the supervision loop still wake up when asked?"""
+        self.pong.clear()
+        self.pings.poke()
+        return self.pong.wait(timeout)
+
+    def _leader_view(self) -> dict[str, Any]:
+        """`/leader`: this candidate's role; the leader's identity and token, from the store."""
+        view: dict[str, Any] = {"role": self.role, "election": self.settings.election}
+        term = self.term
+        if self.role == "leader" and term is not None:
+            view["leader"] = {"id": self.settings.identity, "token": term.token}
+            return view
+        try:
+            leader = self.backend.view(self.settings.election).leader
+        except Exception as exc:  # the endpoint answers, whatever the store does
+            view["error"] = str(exc) or type(exc).__name__
+            return view
+        view["leader"] = None if leader is None else {"id": leader.identity, "token": leader.token}
+        return view
 
     # -- helpers ------------------------------------------------------------------------------
 

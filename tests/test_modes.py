@@ -3,7 +3,9 @@ configuration precedence and log formats (SPEC §3 Modes, §5)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import time
@@ -11,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, wait_for
-from runs import alive, long_job, queue_ids, sh, start, status, wait_exit
+from helpers import LEADERRUN_CMD, ProcessRegistry, clean_env, descendants, wait_for
+from runs import alive, child_pid, long_job, queue_ids, sh, start, status, wait_exit
 from stores import Store
 
 # -- cron -----------------------------------------------------------------------------------------
@@ -174,6 +176,41 @@ def test_sd_notify_ready_and_status_on_a_real_socket(
     assert "STATUS=waiting behind lead" in receive_until(notify_socket, "waiting behind")
     release.touch()
     assert wait_exit(leader) == 0 and wait_exit(waiter) == 0
+
+
+def test_watchdog_pings_only_while_the_supervision_loop_answers(
+    store: Store,
+    election: str,
+    processes: ProcessRegistry,
+    tmp_path: Path,
+    notify_socket: socket.socket,
+) -> None:
+    """`WatchdogSec=`: WATCHDOG=1 goes out while leaderrun's loop answers the guard's pings;
+    a stopped worker gets no ping through, so systemd would restart the unit."""
+    job, pid_file, release = long_job(tmp_path, ignore_term=False)
+    env = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "400000"}
+    leader = start(processes, store, election, *job, env=env)
+    child = child_pid(pid_file)
+    receive_until(notify_socket, "leader, child pid")
+    receive_until(notify_socket, "WATCHDOG=1")
+    worker = next(
+        p for p in descendants(leader.pid) if p != child and p not in descendants(child)
+    )
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        notify_socket.settimeout(0.2)
+        with contextlib.suppress(TimeoutError):  # what was already on its way
+            while True:
+                notify_socket.recv(4096)
+        notify_socket.settimeout(1.5)  # more than three ping periods
+        with pytest.raises(TimeoutError):
+            notify_socket.recv(4096)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    notify_socket.settimeout(15)
+    receive_until(notify_socket, "WATCHDOG=1")
+    release.touch()
+    assert wait_exit(leader) == 0
 
 
 # -- configuration ---------------------------------------------------------------------------------

@@ -12,20 +12,36 @@ from runs import alive, child_pid, long_job, operator, queue_ids, sh, start, sta
 from stores import Store
 
 SLOW_JOB = """\
-#!/bin/sh
-journal=$1
-( trap 'sleep 1.2; echo "grandchild end $(date +%s.%N)" >> "$journal"; exit 0' TERM
-  while :; do sleep 0.05; done ) &
-trap 'sleep 1.5; echo "child end $(date +%s.%N)" >> "$journal"; wait; exit 0' TERM
-echo start >> "$journal"
-while :; do sleep 0.05; done
+#!/usr/bin/env python3
+# A job slow to stop: on SIGTERM it takes 1.5 s (its background grandchild 1.2 s) to finish,
+# then appends "<who> end <time>" to the journal.
+import os, signal, sys, time
+
+journal, who, delay = sys.argv[1], "child", 1.5
+
+def finish(signum, frame):
+    time.sleep(delay)
+    with open(journal, "a") as f:
+        f.write(f"{who} end {time.time():.6f}\\n")
+    if who == "child":
+        os.wait()
+    os._exit(0)
+
+signal.signal(signal.SIGTERM, finish)  # before the fork: both have it from the start
+if os.fork() == 0:
+    who, delay = "grandchild", 1.2
+if who == "child":
+    with open(journal, "a") as f:
+        f.write("start\\n")
+while True:
+    signal.pause()
 """
 
 
 def slow_job(tmp_path: Path) -> tuple[tuple[str, ...], Path]:
     """A job that takes ~1.5 s to shut down after SIGTERM, with a background grandchild that
     takes ~1.2 s; each appends "<who> end <time>" to the journal as it ends."""
-    script, journal = tmp_path / "slow-job.sh", tmp_path / "journal"
+    script, journal = tmp_path / "slow-job.py", tmp_path / "journal"
     script.write_text(SLOW_JOB)
     script.chmod(0o755)
     return (str(script), str(journal)), journal
