@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib import import_module
 from typing import Any
 
 from leaderrun import metrics
@@ -311,15 +311,31 @@ def step_down_path(root: str, election: str) -> str:
 STEP_DOWN_DIR = "@step-down"
 
 
+#: leaderrun's own backends, as pyproject.toml registers them in `leaderrun.backends`: found
+#: without scanning every installed distribution's metadata (~40 ms of every start).
+BUILT_IN = {
+    "etcd": "leaderrun.backends.etcd:EtcdBackend",
+    "etcds": "leaderrun.backends.etcd:EtcdBackend",
+    "zk": "leaderrun.backends.zookeeper:ZooKeeperBackend",
+}
+
+
 def backend_class(scheme: str) -> type[Backend]:
-    """Find the backend for a URL scheme through the `leaderrun.backends` entry points."""
+    """Find the backend for a URL scheme: leaderrun's own directly, any other through the
+    `leaderrun.backends` entry points (how a third party adds one)."""
+    if scheme in BUILT_IN:
+        module, _, name = BUILT_IN[scheme].partition(":")
+        cls: type[Backend] = getattr(import_module(module), name)
+        return cls
+    from importlib.metadata import entry_points
+
     found = entry_points(group=ENTRY_POINT_GROUP, name=scheme)
     for entry in found:
         cls = entry.load()
         if not (isinstance(cls, type) and issubclass(cls, Backend)):
             raise UsageError(f"--backend: entry point {entry.value!r} is not a leaderrun Backend")
         return cls
-    known = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    known = sorted({*BUILT_IN, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
     raise UsageError(
         f"--backend: no backend for scheme {scheme!r}; use one of: "
         + ", ".join(f"{name}://" for name in known)
