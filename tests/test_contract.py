@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -604,6 +605,23 @@ def test_unreachable_backend_exits_69_after_connect_timeout(
     err = proc.read_stderr()
     assert f"cannot reach {store.product}" in err and len(err.strip().splitlines()) == 1
     assert elapsed >= 1.0  # it really tried for the whole connect timeout
+
+
+def test_a_member_that_accepts_but_never_answers_exits_69_after_connect_timeout(
+    store: Store, processes: ProcessRegistry, election: str
+) -> None:
+    """A silent member (TCP accepted, nothing answered) must not stretch --connect-timeout:
+    the first wave's ZooKeeper client took 10.6 s for `--connect-timeout 2s`."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = URL(f"{store.kind}://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.monotonic()
+        proc = start(processes, url, election, "true", opts=("--connect-timeout", "2s"), verbose=0)
+        assert wait_exit(proc) == 69
+        elapsed = time.monotonic() - started
+    assert f"cannot reach {store.product}" in proc.read_stderr()
+    assert 2.0 <= elapsed < 5.0, f"exit 69 took {elapsed:.1f}s for --connect-timeout 2s"
 
 
 def test_status_unreachable_exits_69(store: Store) -> None:
