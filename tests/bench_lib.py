@@ -18,6 +18,7 @@ import math
 import os
 import re
 import resource
+import select
 import signal
 import statistics
 import subprocess
@@ -692,11 +693,15 @@ def timed_runs(
     for i in range(rounds):
         cpu0, t0 = children_cpu(), time.monotonic()
         proc = procs.start(argv_for(i), name=f"run{i}")
+        # Popen.wait(timeout) polls with sleeps of up to 50 ms: wait on a pidfd instead.
+        pidfd = os.pidfd_open(proc.pid)
         try:
-            proc.wait(timeout=QUEUE_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"still running after {QUEUE_TIMEOUT:g}s") from None
+            if not select.select([pidfd], [], [], QUEUE_TIMEOUT)[0]:
+                raise BenchError(f"still running after {QUEUE_TIMEOUT:g}s")
+        finally:
+            os.close(pidfd)
         walls.append(time.monotonic() - t0)
+        proc.wait()
         cpus.append(children_cpu() - cpu0)
         check_ok([proc])
     return walls, cpus
