@@ -177,3 +177,26 @@ def test_no_child_is_started_once_the_renewals_have_been_failing_too_long() -> N
     sup = _supervisor()
     term = Term(key="k", clock=LeaseClock(ttl=3.0, last_ack=time.monotonic() - 3), token=1)
     assert sup._still_safe_to_start(term) is False
+
+
+def test_a_signal_is_never_lost_between_taking_signals_and_waiting() -> None:
+    """The first wave drained a list, then waited: a SIGTERM arriving in between was lost.
+    With the wakeup fd each signal is a byte on the pipe until taken, so the wait that
+    follows returns at once."""
+    import os
+    import signal
+
+    from leaderrun import events
+
+    inbox = events.SignalInbox((signal.SIGUSR1, signal.SIGUSR2))
+    try:
+        assert inbox.take() == []
+        os.kill(os.getpid(), signal.SIGUSR1)  # "between" the take and the wait
+        assert inbox.fd in events.wait([inbox.fd], until=time.monotonic() + 5)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert inbox.take() == [signal.SIGUSR1, signal.SIGUSR2]
+    finally:
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(signum, signal.SIG_DFL)
+
