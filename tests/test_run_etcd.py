@@ -41,6 +41,8 @@ def test_etcdctl_elect_listen_reports_our_leader(
 ) -> None:
     listen_out = tmp_path / "listen.out"
     env = {**os.environ, "ETCDCTL_API": "3"}
+    # A step-down request (SPEC §7) stored first: etcdctl must not take it for a candidate.
+    EtcdStore(etcd).write_step_down_request(election, token=1)
     processes.start(
         ["etcdctl", "--endpoints", etcd.endpoints, "elect", "--listen", f"{PREFIX}/{election}"],
         stdout=listen_out.open("wb"),
@@ -51,6 +53,7 @@ def test_etcdctl_elect_listen_reports_our_leader(
     proc = start(processes, etcd, election, *job, opts=("--id", "interop-node"))
     assert wait_exit(proc) == 0
     assert f"{PREFIX}/{election}/" in listen_out.read_text()
+    assert "test-operator" not in listen_out.read_text()
 
 
 def test_waits_behind_an_etcdctl_elect_leader(

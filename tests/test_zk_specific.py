@@ -48,6 +48,8 @@ def test_kazoo_election_contenders_lists_our_candidates_in_order(
         runs.append(start(processes, zk, election, *job, opts=("--id", ident), name=ident))
         wait_for(lambda n=n: store.queued(election, n), 15, message=f"{n} candidates queued")
 
+    # A step-down request node (SPEC §7) is no contender.
+    store.write_step_down_request(election, token=1)
     with kazoo(zk) as client:
         contenders = Election(client, f"{PREFIX}/{election}").contenders()
         nodes = client.get_children(f"{PREFIX}/{election}")
