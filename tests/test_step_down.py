@@ -65,6 +65,7 @@ def test_the_next_job_starts_only_after_the_old_tree_is_gone(
     ends = [float(line.split()[-1]) for line in lines if " end " in line]
     assert len(ends) == 2, journal.read_text()  # the job and its grandchild, each stopped cleanly
     b_started = float(started.read_text())
+    print(f"\n{store.kind}: the next job started {b_started - max(ends):.3f}s after the old tree")
     assert b_started > max(ends), f"b started {max(ends) - b_started:.3f}s before a's tree ended"
     err = a.read_stderr()
     assert "stepping down as asked by" in err and "handed over" in err
