@@ -22,11 +22,15 @@ from leaderrun import __version__
 from leaderrun.errors import ExitCode, LeaderrunError, UsageError
 from leaderrun.log import FORMATS, setup_logging
 from leaderrun.settings import (
+    BACKEND_OPTIONS,
+    SCHEME_OPTIONS,
+    BackendURL,
     Security,
     Settings,
     Timing,
     build_timing,
     check_readable,
+    default_election_name,
     default_identity,
     parse_backend_url,
     parse_duration,
@@ -41,17 +45,105 @@ DEFAULT_BACKEND = "etcd://127.0.0.1:2379"
 SECURITY_WARNINGS: list[str] = []
 F = TypeVar("F", bound=Callable[..., Any])
 
+USAGE_LINES = (
+    "Usage: leaderrun [OPTIONS] -- COMMAND [ARG]...",
+    "       leaderrun [OPTIONS] {run|status|step-down} [ARGS]...",
+)
+HELP_HINT = "Try 'leaderrun --help' for the commands, or 'leaderrun run --help' for every option."
+
+#: SPEC §4, shown under `leaderrun run --help`.
+RUN_EXIT_CODES = """\b
+Exit codes:
+  child's    the child ran and exited by itself (128+N: killed by signal N)
+  0          not elected (--no-wait, --wait-timeout) or skipped (--once-per);
+             --skip-exit-code changes it
+  2          usage error (bad option, duration, URL or election name)
+  69         backend unreachable within --connect-timeout
+  75         leadership lost while the child ran; the child was stopped
+  77         the backend refused credentials or permissions (auth, ACL, TLS)
+  126 / 127  COMMAND not executable / not found
+  128+N      leaderrun was stopped by signal N before a child ran
+
+\b
+Durations: 500ms, 10s, 5m, 1h, 1m30s, or bare seconds.
+Every option can also be set as LEADERRUN_<OPTION> or as a key of the
+--config file; the command line wins, then the environment, then the file.
+"""
+
+
+class NoCommand(UsageError):
+    """A bare `leaderrun`: the one error that gets a short usage hint after its line."""
+
 
 class DefaultRunGroup(click.Group):
-    """`leaderrun -- CMD` means `leaderrun run -- CMD`."""
+    """`leaderrun -- CMD` means `leaderrun run -- CMD`; options may precede the command.
+
+    Options before the command name (`leaderrun --backend URL status`, the etcdctl/kubectl
+    habit) are handed to the command as if written right after its name, ahead of its own
+    arguments. So they keep their normal precedence over the environment and the config file,
+    and the same option written after the command name wins (click keeps the last value).
+    Without a command name, everything goes to `run` (`leaderrun -e NAME -- cmd`).
+    """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
-            args = ["run", *args]
+        if not args:
+            raise NoCommand("no command given")
+        if args[0] not in ("--help", "-h", "--version"):
+            args = self.route(args)
         return super().parse_args(ctx, args)
 
+    def route(self, args: list[str]) -> list[str]:
+        """Move the options ahead of a command name behind it; no command name means `run`."""
+        takes_value = self.option_table()
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--" or arg == "-" or not arg.startswith("-"):
+                break
+            if arg.startswith("--"):
+                name, eq, _ = arg.partition("=")
+                if name not in takes_value:
+                    break
+                i += 1 if eq or not takes_value[name] else 2
+                continue
+            step = 0
+            for j, letter in enumerate(arg[1:], start=1):  # a cluster: -vv, -eNAME, -ve NAME
+                short = "-" + letter
+                if short not in takes_value:
+                    break
+                if takes_value[short]:
+                    step = 1 if j + 1 < len(arg) else 2
+                    break
+            else:
+                step = 1
+            if not step:
+                break
+            i += step
+        if i < len(args) and args[i] in self.commands:
+            return [args[i], *args[:i], *args[i + 1 :]]
+        return ["run", *args]
 
-@click.group(cls=DefaultRunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    def option_table(self) -> dict[str, bool]:
+        """Every option string of every command, and whether it takes a value."""
+        table: dict[str, bool] = {}
+        for command in self.commands.values():
+            for param in command.params:
+                if isinstance(param, click.Option):
+                    for opt in (*param.opts, *param.secondary_opts):
+                        table[opt] = not (param.is_flag or param.count)
+        return table
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write("\n".join(USAGE_LINES) + "\n")
+
+
+@click.group(
+    cls=DefaultRunGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Options may come before the command (leaderrun --backend URL status). Each "
+    "command's --help lists its options, their environment variables and defaults; "
+    "'leaderrun run --help' also lists the exit codes.",
+)
 @click.version_option(__version__, prog_name="leaderrun")
 def cli() -> None:
     """Run a command on exactly one machine of a cluster: the elected leader.
@@ -59,12 +151,20 @@ def cli() -> None:
     \b
       leaderrun -- ./process_payments.sh
       leaderrun --backend etcd://10.0.0.1:2379,10.0.0.2:2379 -e payments -- ./pay.sh
-      leaderrun status payments
+      leaderrun --backend zk://10.0.0.1:2181 status payments
+      leaderrun step-down payments
     """
 
 
 def _env(name: str) -> str:
     return f"LEADERRUN_{name.upper().replace('-', '_')}"
+
+
+def option(*decls: str, **attrs: Any) -> Callable[[F], F]:
+    """click.option that shows its environment variable and default in --help."""
+    attrs.setdefault("show_envvar", True)
+    attrs.setdefault("show_default", True)
+    return click.option(*decls, **attrs)
 
 
 def load_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
@@ -101,123 +201,147 @@ def load_config(ctx: click.Context, param: click.Parameter, path: str | None) ->
 def common_options(func: F) -> F:
     """Options every command shares: where the store is and how to talk."""
     options = [
-        click.option(
-            "--config",
-            envvar=_env("config"),
-            is_eager=True,
-            expose_value=False,
-            callback=load_config,
+        option(
+            "--config", metavar="FILE", envvar=_env("config"), is_eager=True,
+            expose_value=False, callback=load_config,
             help="TOML file with the same keys as the long options.",
         ),
-        click.option(
-            "--backend", envvar=_env("backend"), default=DEFAULT_BACKEND, show_default=True,
-            help="etcd://h1:2379,h2:2379",
+        option(
+            "--backend", metavar="URL", envvar=_env("backend"), default=DEFAULT_BACKEND,
+            help="etcd://h1:2379,h2:2379, etcds://... (TLS) or zk://h1:2181,h2:2181[/chroot].",
         ),
-        click.option(
-            "--prefix", envvar=_env("prefix"), default="/leaderrun", show_default=True,
+        option(
+            "--prefix", metavar="PATH", envvar=_env("prefix"), default="/leaderrun",
             help="Where elections live in the store.",
         ),
-        click.option(
-            "--connect-timeout", envvar=_env("connect-timeout"), default="10s",
-            show_default=True, help="Give up reaching the backend after this long (exit 69).",
+        option(
+            "--connect-timeout", metavar="DURATION", envvar=_env("connect-timeout"),
+            default="10s", help="Give up reaching the backend after this long (exit 69).",
         ),
-        click.option("-v", "--verbose", count=True, help="More output (-vv: debug)."),
-        click.option("-q", "--quiet", count=True, help="Errors only."),
-        click.option(
+        option(
+            "-v", "--verbose", count=True, show_default=False,
+            help="More output: state changes (-vv: debug). [env var: LEADERRUN_VERBOSE, "
+            "a count: 2 = -vv, -1 = -q]",
+        ),
+        option("-q", "--quiet", count=True, show_default=False, help="Errors only."),
+        option(
             "--log-format", envvar=_env("log-format"), type=click.Choice(FORMATS),
-            default="text", show_default=True, help="Human text, or one JSON object per line.",
+            default="text", help="Human text, or one JSON object per line.",
         ),
-        click.option("--cacert", envvar=_env("cacert"), help="etcd: CA bundle for the server."),
-        click.option("--cert", envvar=_env("cert"), help="etcd: client certificate (with --key)."),
-        click.option("--key", envvar=_env("key"), help="etcd: client certificate's key."),
-        click.option("--user", envvar=_env("user"), help="etcd: user name (password by file/env)."),
-        click.option(
-            "--password-file", envvar=_env("password-file"),
+        option("--cacert", metavar="FILE", envvar=_env("cacert"),
+               help="etcd: CA bundle for the server (turns TLS on)."),
+        option("--cert", metavar="FILE", envvar=_env("cert"),
+               help="etcd: client certificate (with --key; turns TLS on)."),
+        option("--key", metavar="FILE", envvar=_env("key"), help="etcd: client certificate's key."),
+        option("--user", metavar="NAME", envvar=_env("user"),
+               help="etcd: user name (password from --password-file or LEADERRUN_PASSWORD)."),
+        option(
+            "--password-file", metavar="FILE", envvar=_env("password-file"),
             help="etcd: file holding the password (or set LEADERRUN_PASSWORD).",
         ),
-        click.option(
-            "--zk-auth-file", envvar=_env("zk-auth-file"),
+        option(
+            "--zk-auth-file", metavar="FILE", envvar=_env("zk-auth-file"),
             help="ZooKeeper: file holding user:password for digest auth.",
         ),
     ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
+    for decorator in reversed(options):
+        func = decorator(func)
     return func
 
 
-@cli.command(context_settings={"allow_interspersed_args": False})
+@cli.command(context_settings={"allow_interspersed_args": False}, epilog=RUN_EXIT_CODES)
 @common_options
-@click.option(
+@option(
     "--election",
     "-e",
+    metavar="NAME",
     envvar=_env("election"),
-    help="Election name [default: basename of COMMAND].",
+    show_default="basename of COMMAND, unless a shell or interpreter",
+    help="Election name: 1-128 of A-Z a-z 0-9 . _ -",
 )
-@click.option(
-    "--id", "identity", envvar=_env("id"), help="This candidate's identity [default: hostname:pid]."
+@option(
+    "--id",
+    "identity",
+    metavar="ID",
+    envvar=_env("id"),
+    show_default="hostname:pid",
+    help="This candidate's identity, shown to the others.",
 )
-@click.option(
+@option(
     "--ttl",
+    metavar="DURATION",
     envvar=_env("ttl"),
     default="10s",
-    show_default=True,
     help="Lease TTL / session timeout requested from the server.",
 )
-@click.option(
+@option(
     "--kill-grace",
+    metavar="DURATION",
     envvar=_env("kill-grace"),
     default="3s",
-    show_default=True,
     help="Time between SIGTERM and SIGKILL when stopping the child.",
 )
-@click.option(
+@option(
     "--renew-interval",
+    metavar="DURATION",
     envvar=_env("renew-interval"),
-    help="Lease renewal interval [default: TTL/4].",
+    show_default="TTL/4",
+    help="Lease renewal interval.",
 )
-@click.option(
+@option(
     "--no-wait",
     is_flag=True,
     envvar=_env("no-wait"),
     help="Exit with --skip-exit-code unless elected at once.",
 )
-@click.option(
+@option(
     "--wait-timeout",
+    metavar="DURATION",
     envvar=_env("wait-timeout"),
     help="Wait at most this long to be elected, else exit with --skip-exit-code.",
 )
-@click.option(
+@option(
     "--skip-exit-code",
+    metavar="N",
     envvar=_env("skip-exit-code"),
     type=click.IntRange(0, 255),
     default=0,
-    show_default=True,
     help="Exit code when not elected or skipped.",
 )
-@click.option(
+@option(
     "--once-per",
+    metavar="DURATION",
     envvar=_env("once-per"),
     help="Skip if a successful run of this election started less than this ago.",
 )
-@click.option(
+@option(
     "--forever",
     is_flag=True,
     envvar=_env("forever"),
     help="Daemon mode: campaign again after every term; exit 0 on SIGTERM.",
 )
-@click.option(
+@option(
     "--restart-delay",
+    metavar="DURATION",
     envvar=_env("restart-delay"),
     default="1s",
-    show_default=True,
     help="Pause before campaigning again under --forever.",
 )
-@click.option(
-    "--metrics-addr", envvar=_env("metrics-addr"), help="Serve Prometheus metrics on HOST:PORT."
+@option(
+    "--metrics-addr",
+    metavar="HOST:PORT",
+    envvar=_env("metrics-addr"),
+    help="Serve /metrics, /healthz and /leader on HOST:PORT.",
 )
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument(
+    "command", metavar="-- COMMAND [ARG]...", nargs=-1, required=True, type=click.UNPROCESSED
+)
 def run(command: tuple[str, ...], **options: Any) -> None:  # fmt: skip
-    """Campaign in the election and run COMMAND only while leader."""
+    """Campaign in the election and run COMMAND only while leader.
+
+    \b
+      leaderrun run -e backup-db -- sh -c 'pg_dump ... > /backup/db.sql'
+    """
     settings = settings_for_run(command, options)
     setup_logging(
         settings.verbosity,
@@ -231,10 +355,13 @@ def run(command: tuple[str, ...], **options: Any) -> None:  # fmt: skip
     sys.exit(run_guarded(settings))
 
 
-@cli.command()
+@cli.command(
+    epilog="Exit codes: 0 every election shown has a leader, 3 one has none, 69 backend "
+    "unreachable, 77 refused."
+)
 @common_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema 1).")
-@click.argument("election", required=False)
+@click.argument("election", metavar="[ELECTION]", required=False)
 def status(election: str | None, as_json: bool, **options: Any) -> None:
     """Who leads ELECTION (or every election under the prefix), and who waits."""
     settings = settings_for_operator(election or "", options)
@@ -243,15 +370,19 @@ def status(election: str | None, as_json: bool, **options: Any) -> None:
     sys.exit(show_status(settings, election, as_json))
 
 
-@cli.command("step-down")
+@cli.command(
+    "step-down",
+    epilog="Exit codes: 0 handed over (or removed with --force), 3 no leader, 75 the leader "
+    "did not act within --timeout, 69 backend unreachable, 77 refused.",
+)
 @common_options
 @click.option(
     "--wait", is_flag=True, help="Also wait until the next leader's job runs (or none waits)."
 )
-@click.option(
+@option(
     "--timeout",
+    metavar="DURATION",
     default="60s",
-    show_default=True,
     help="How long the leader may take to stop its job and hand over (else exit 75).",
 )
 @click.option(
@@ -259,11 +390,11 @@ def status(election: str | None, as_json: bool, **options: Any) -> None:
     is_flag=True,
     help="Delete the leader's key at once (a dead or hung leader); the next job may overlap.",
 )
-@click.argument("election")
+@click.argument("election", metavar="ELECTION")
 def step_down(election: str, wait: bool, timeout: str, force: bool, **options: Any) -> None:
     """Ask the leader of ELECTION to hand over: it stops its job (SIGTERM, --kill-grace,
     SIGKILL, every descendant), then releases, so the next job starts only after the old one
-    is gone. Exit 0 handed over, 3 no leader, 75 the leader did not act within --timeout."""
+    is gone."""
     settings = settings_for_operator(election, options)
     from leaderrun.operate import step_down as do_step_down
 
@@ -278,7 +409,7 @@ def settings_for_run(command: tuple[str, ...], options: dict[str, Any]) -> Setti
     )
     election = options["election"]
     if election is None:
-        election = validate_election_name(os.path.basename(command[0]), derived_from_command=True)
+        election = default_election_name(command[0])
     else:
         election = validate_election_name(election)
     if options["no_wait"] and options["wait_timeout"]:
@@ -363,12 +494,35 @@ def _security(options: dict[str, Any]) -> tuple[Security, list[str]]:
     return security, warnings
 
 
+def check_backend_options(backend: BackendURL, options: dict[str, Any]) -> None:
+    """An option of another backend (`zk://... --user`) is an error naming it, not ignored."""
+    uses = SCHEME_OPTIONS.get(backend.scheme)
+    if uses is None:  # a third-party backend: its options are its own business
+        return
+    ctx = click.get_current_context()
+    for name in sorted(BACKEND_OPTIONS - uses, key=lambda n: (options.get(n) is None, n)):
+        if options.get(name) is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        source = ctx.get_parameter_source(name)
+        given = {
+            click.core.ParameterSource.ENVIRONMENT: f"{flag} (from {_env(name)})",
+            click.core.ParameterSource.DEFAULT_MAP: f"{flag} (from --config)",
+        }.get(source, flag) if source is not None else flag  # fmt: skip
+        schemes = ", ".join(f"{s}://" for s, used in SCHEME_OPTIONS.items() if name in used)
+        raise UsageError(
+            f"{given} is for {schemes} backends and {backend.scheme}:// does not use it; remove it"
+        )
+
+
 def _store_settings(options: dict[str, Any]) -> dict[str, Any]:
+    backend = parse_backend_url(options["backend"])
+    check_backend_options(backend, options)
     security, warnings = _security(options)
     SECURITY_WARNINGS[:] = warnings
     return {
         "security": security,
-        "backend": parse_backend_url(options["backend"]),
+        "backend": backend,
         "prefix": validate_prefix(options["prefix"]),
         "connect_timeout": parse_duration(options["connect_timeout"], "--connect-timeout"),
         "verbosity": verbosity(options["verbose"], options["quiet"]),
@@ -407,17 +561,35 @@ def quiet_grpc_core() -> None:
         os.environ["LEADERRUN_GRPC_VERBOSITY_SET"] = "1"
 
 
-def main() -> None:
-    """Console-script entry point: one line per error, a distinct exit code, no traceback."""
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point: every error is one line `leaderrun: error: ...` with a
+    distinct exit code, never a traceback."""
     quiet_grpc_core()
     try:
-        code = cli.main(prog_name="leaderrun", standalone_mode=False)
-    except click.exceptions.Abort:
+        code = cli.main(args=args, prog_name="leaderrun", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
         code = 128 + 2
     except click.ClickException as exc:
-        click.echo(f"leaderrun: error: {exc.format_message()} (see leaderrun --help)", err=True)
+        where = getattr(getattr(exc, "ctx", None), "command_path", "leaderrun")
+        message = one_line(exc.format_message()).rstrip(".")
+        click.echo(f"leaderrun: error: {message} (see '{where} --help')", err=True)
         code = ExitCode.USAGE
-    except LeaderrunError as exc:
+    except NoCommand as exc:
         click.echo(f"leaderrun: error: {exc.message}", err=True)
+        click.echo(USAGE_LINES[0], err=True)
+        click.echo(HELP_HINT, err=True)
         code = exc.exit_code
+    except LeaderrunError as exc:
+        click.echo(f"leaderrun: error: {one_line(exc.message)}", err=True)
+        code = exc.exit_code
+    except Exception as exc:  # a bug: still one line, and a code of its own (EX_SOFTWARE)
+        click.echo(
+            f"leaderrun: error: internal error: {type(exc).__name__}: {one_line(str(exc))}",
+            err=True,
+        )
+        code = 70
     sys.exit(code or 0)

@@ -296,6 +296,19 @@ class GuardLink:
         return os.getppid() if self.gone_fd is not None else os.getpid()
 
 
+def _fatal(settings: Settings, message: str) -> None:
+    """The error that ends `run`, in the one format every leaderrun error has on a terminal or
+    in a cron mail (`leaderrun: error: ...`); as a JSON log line under --log-format json."""
+    if settings.log_format == "json":
+        log.error("%s", message)
+        return
+    from leaderrun import log as logs
+
+    logs.flush(1.0)
+    with contextlib.suppress(OSError):
+        os.write(2, f"leaderrun: error: {message}\n".encode())
+
+
 def _worker_main(settings: Settings, life_r: int, info_w: int) -> int:
     """The worker: its own process group, so terminal signals reach it only via the guard."""
     os.setpgid(0, 0)
@@ -306,10 +319,12 @@ def _worker_main(settings: Settings, life_r: int, info_w: int) -> int:
 
         return Supervisor(settings, GuardLink(info_w, life_r)).run()
     except LeaderrunError as exc:
-        log.error("%s", exc.message)
+        _fatal(settings, exc.message)
         return exc.exit_code
     except Exception:  # one line for the operator, details at -vv
-        log.error("internal error; run with -vv for details", exc_info=settings.verbosity >= 2)
+        if settings.verbosity >= 2:
+            log.error("internal error", exc_info=True)
+        _fatal(settings, "internal error; run with -vv for details")
         return 70
     finally:
         logs.flush(1.0)

@@ -119,11 +119,11 @@ def describe_election(view: ElectionView) -> dict[str, Any]:
 
 
 def step_down_line(request: dict[str, Any]) -> str:
-    ago = request.get("asked_seconds_ago")
+    asked = request.get("asked_seconds_ago")
     by = request["by"] + (f" on {request['host']}" if request.get("host") else "")
     return (
-        f"stepping down, asked {ago:g} s ago by {by}"
-        if ago is not None
+        f"stepping down, asked {span(max(0.0, asked))} ago by {by}"
+        if isinstance(asked, int | float)
         else f"stepping down, asked by {by}"
     )
 
@@ -156,6 +156,40 @@ def show_status(settings: Settings, election: str | None, as_json: bool) -> int:
     return ExitCode.OK if has_all else ExitCode.NO_LEADER
 
 
+#: The plain output fits a terminal of this width (identities are shortened, never times).
+WIDTH = 80
+
+
+def ago(when: str | None, now: float | None = None) -> str | None:
+    """An ISO time from the document as "12 s ago", "3 min ago", "5 h ago", "2 days ago"."""
+    if not when:
+        return None
+    try:
+        seconds = (time.time() if now is None else now) - datetime.fromisoformat(when).timestamp()
+    except ValueError:
+        return when
+    if seconds > -5:  # a little clock skew between hosts
+        return "just now" if seconds < 1 else f"{span(round(seconds))} ago"
+    return f"in {span(round(-seconds))} (clock skew?)"
+
+
+def span(seconds: float) -> str:
+    """A length of time for people: "2.1 s", "12 s", "3 min", "5 h", "2 days"."""
+    if seconds < 10:
+        return f"{seconds:.1f} s".replace(".0 s", " s")
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
 def who(candidate: dict[str, Any]) -> str:
     if candidate["foreign"]:
         return f"<foreign value {candidate['raw'][:40]!r}>"
@@ -167,15 +201,64 @@ def who(candidate: dict[str, Any]) -> str:
     return f"{candidate['id']} ({', '.join(where)})" if where else str(candidate["id"])
 
 
-def leader_line(leader: dict[str, Any] | None) -> str:
-    if leader is None:
-        return "no leader"
-    parts = [who(leader), f"token {leader['token']}"]
-    if leader.get("leader_since"):
-        parts.append(f"since {leader['leader_since']}")
-    if leader.get("lease_ttl_left") is not None:
-        parts.append(f"lease {leader['lease_ttl_left']}s left")
-    return ", ".join(parts)
+def candidate_line(prefix: str, candidate: dict[str, Any], leads: bool, width: int = WIDTH) -> str:
+    """One candidate on one line within `width`: `id (host H, pid P, child pid C), token T,
+    since/queued ...`.
+
+    Host and pid are left out when the identity already says them (the default identity is
+    hostname:pid). What does not fit goes, least useful first (leaderrun's pid, lease, times,
+    child pid); then the identity is shortened with "…". Host and token always stay."""
+    if candidate["foreign"]:
+        token = [(1, f"token {candidate['token']}")]
+        return fit(prefix, who(candidate), [], token, width, keep=len("<foreign value '") + 4)
+    ident, host, pid = str(candidate["id"]), candidate.get("host"), candidate.get("pid")
+    details: list[tuple[int, str]] = []
+    if host and not ident.startswith(f"{host}:"):
+        details.append((1, f"host {shorten(str(host), 24)}"))
+    if pid and ident != f"{host}:{pid}":
+        details.append((6, f"pid {pid}"))
+    if candidate.get("child_pid"):
+        details.append((2, f"child pid {candidate['child_pid']}"))
+    fields = [(1, f"token {candidate['token']}")]
+    if leads:
+        since = ago(candidate.get("leader_since"))
+        left = candidate.get("lease_ttl_left")
+        if since:
+            fields.append((3, f"since {since}"))
+        if isinstance(left, int | float):
+            fields.append((4, f"lease {left:g} s left"))
+    else:
+        queued = ago(candidate.get("queued"))
+        if queued:
+            fields.append((3, f"queued {queued}"))
+    return fit(prefix, ident, details, fields, width)
+
+
+def fit(
+    prefix: str,
+    name: str,
+    details: list[tuple[int, str]],
+    fields: list[tuple[int, str]],
+    width: int = WIDTH,
+    keep: int = 8,
+) -> str:
+    """`prefix name (detail, ...), field, ...` within `width`: details and fields are left
+    out, the highest number (least useful) first, never those numbered 1, until `name` has 20
+    columns (or all it needs); then `name` is shortened to the room left (`keep` at least)."""
+    details, fields = list(details), list(fields)
+    while True:
+        inner = ", ".join(text for _, text in details)
+        tail = (f" ({inner})" if inner else "") + "".join(f", {text}" for _, text in fields)
+        room = width - len(prefix) - len(tail)
+        droppable = [item for item in (*details, *fields) if item[0] > 1]
+        if room >= min(len(name), 20) or not droppable:
+            return prefix + shorten(name, max(room, keep)) + tail
+        least = max(droppable, key=lambda item: item[0])
+        (details if least in details else fields).remove(least)
+
+
+def leader_line(leader: dict[str, Any] | None, width: int = WIDTH) -> str:
+    return "no leader" if leader is None else candidate_line("", leader, True, width)
 
 
 def last_run_line(last_run: dict[str, Any] | None) -> str:
@@ -183,20 +266,37 @@ def last_run_line(last_run: dict[str, Any] | None) -> str:
         return "-"
     if last_run["foreign"]:
         return f"<foreign record {last_run['raw'][:40]!r}>"
-    return f"{last_run['id']} started {last_run['start']}, ended {last_run['end']}"
+    parts = [str(last_run["id"])]
+    started = ago(last_run.get("start"))
+    if started:
+        parts.append(f"started {started}")
+    try:
+        took = (
+            datetime.fromisoformat(last_run["end"]) - datetime.fromisoformat(last_run["start"])
+        ).total_seconds()
+        parts.append(f"took {span(took)}" if took >= 1 else "took under 1 s")
+    except (TypeError, ValueError):
+        pass
+    return ", ".join(parts)
 
 
 def print_plain(document: dict[str, Any]) -> None:
+    """One line per candidate (the leader's starts with the election's name), per pending
+    step-down and per last run; each within WIDTH columns unless the election's name is
+    longer than that."""
     if not document["elections"]:
         print(f"no elections under {document['prefix']}")
     for election in document["elections"]:
-        print(f"{election['name']}: {leader_line(election['leader'])}")
+        leader = election["leader"]
+        prefix = f"{election['name']}: "
+        print(prefix + "no leader" if leader is None else candidate_line(prefix, leader, True))
         if election["step_down"] is not None:
-            print(f"  {step_down_line(election['step_down'])}")
+            print(shorten(f"  {step_down_line(election['step_down'])}", WIDTH))
         for n, waiter in enumerate(election["waiting"], start=1):
-            print(f"  waiting {n}: {who(waiter)}, token {waiter['token']}")
+            print(candidate_line(f"  waiting {n}: ", waiter, False))
         if election["last_run"] is not None:
-            print(f"  last successful run: {last_run_line(election['last_run'])}")
+            last = f"  last successful run: {last_run_line(election['last_run'])}"
+            print(shorten(last, WIDTH))
 
 
 def print_table(document: dict[str, Any]) -> None:
@@ -205,9 +305,9 @@ def print_table(document: dict[str, Any]) -> None:
         table.add_column(column)
     for election in document["elections"]:
         waiting = "\n".join(
-            f"{n}. {who(w)}, token {w['token']}" for n, w in enumerate(election["waiting"], 1)
+            candidate_line(f"{n}. ", w, False, 40) for n, w in enumerate(election["waiting"], 1)
         )
-        leader = leader_line(election["leader"])
+        leader = leader_line(election["leader"], 40)
         if election["step_down"] is not None:
             leader += f"\n{step_down_line(election['step_down'])}"
         table.add_row(

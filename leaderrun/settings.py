@@ -18,24 +18,99 @@ from leaderrun.errors import UsageError
 
 ELECTION_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 PREFIX = re.compile(r"(/[A-Za-z0-9._-]+)+")
-DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)?")
-UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+BARE_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+#: One part of a duration; a duration is one or more parts, largest unit first (`1h5m`, `2m500ms`).
+DURATION_PART = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)")
+DURATION = re.compile(rf"(?:{DURATION_PART.pattern})+")
+UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION = 7 * 24 * 3600.0
 KILL_LEAD = 0.25
 DEFAULT_PORTS = {"etcd": 2379, "etcds": 2379, "zk": 2181}
+#: Other names of a scheme, mapped before anything looks the scheme up.
+SCHEME_ALIASES = {"zookeeper": "zk"}
+
+#: Which backend-specific options each URL scheme uses (click parameter names). An option given
+#: with a scheme that does not use it is a usage error naming it, so `zk://... --user` cannot run
+#: in plaintext without a word. Schemes not listed here (third-party backends) are not checked.
+#: A new scheme or a new option is one line here (e.g. `"zks": ZK_AUTH | TLS_FILES`).
+TLS_FILES = frozenset({"cacert", "cert", "key"})
+ETCD_AUTH = frozenset({"user", "password_file"})
+ZK_AUTH = frozenset({"zk_auth_file"})
+SCHEME_OPTIONS: dict[str, frozenset[str]] = {
+    "etcd": TLS_FILES | ETCD_AUTH,
+    "etcds": TLS_FILES | ETCD_AUTH,
+    "zk": ZK_AUTH,
+}
+BACKEND_OPTIONS = frozenset().union(*SCHEME_OPTIONS.values())
+
+#: Commands whose basename says nothing about the job (`sh -c 'backup-db'`, `python3 job.py`):
+#: two unrelated jobs would share one election, so there is no default name (SPEC §2).
+#: Versioned names (`python3.11`, `perl5.36`, `pypy3`) are matched by INTERPRETER_VERSIONED.
+INTERPRETERS = frozenset(
+    {
+        # shells
+        "sh", "bash", "dash", "zsh", "ksh", "mksh", "pdksh", "ash", "csh", "tcsh", "fish",
+        "busybox", "rbash", "yash", "nu", "pwsh", "xonsh", "elvish",
+        # interpreters and runtimes
+        "python", "pypy", "perl", "ruby", "node", "nodejs", "deno", "bun", "php", "lua",
+        "luajit", "tclsh", "wish", "awk", "gawk", "mawk", "nawk", "java", "Rscript",
+        "julia", "guile", "racket", "sbcl", "ocaml", "erl", "escript", "elixir", "groovy",
+        "scala", "kotlin", "dotnet", "osascript", "expect", "make", "npx", "npm", "uv",
+        "uvx", "pipx", "poetry", "pipenv", "bundle", "rake", "cargo", "go",
+        # wrappers that run another command
+        "env", "nice", "nohup", "timeout", "sudo", "doas", "su", "runuser", "setsid", "chrt",
+        "ionice", "taskset", "stdbuf", "time", "xargs", "flock", "chpst",
+        "setpriv", "unshare", "nsenter", "systemd-run", "docker", "podman", "kubectl",
+        "ssh", "leaderrun", "firejail", "bwrap", "strace", "ltrace",
+        "valgrind", "gdb", "catchsegv", "numactl", "cgexec", "prlimit",
+    }
+)  # fmt: skip
+INTERPRETER_VERSIONED = re.compile(
+    r"(python|pypy|perl|ruby|node|php|lua|luajit|tclsh|wish|guile|java|bash|zsh)"
+    r"[0-9]+(?:\.[0-9]+)*[a-z]?"
+)
 
 
 def parse_duration(text: str, option: str) -> float:
-    """Parse `500ms`, `10s`, `5m`, `1h` or bare seconds into seconds (a positive float)."""
-    match = DURATION.fullmatch(text.strip())
-    if not match:
+    """Parse `500ms`, `10s`, `5m`, `1h`, compounds largest unit first (`1m30s`, `1h5m`,
+    `2m500ms`), or bare seconds into seconds (a positive float)."""
+    text = text.strip()
+    if BARE_SECONDS.fullmatch(text):
+        seconds = float(text)
+    elif DURATION.fullmatch(text):
+        parts = [(m["number"], m["unit"]) for m in DURATION_PART.finditer(text)]
+        order = [list(UNIT_SECONDS).index(unit) for _, unit in parts]
+        if order != sorted(set(order), reverse=True):
+            raise UsageError(
+                f"{option}: {text!r} is not a duration; give each unit once, largest first, "
+                "like 1h5m, 1m30s or 2m500ms"
+            )
+        seconds = sum(float(number) * UNIT_SECONDS[unit] for number, unit in parts)
+    else:
         raise UsageError(
-            f"{option}: {text!r} is not a duration; write it like 500ms, 10s, 5m, 1h or 30"
+            f"{option}: {text!r} is not a duration; write it like 500ms, 10s, 1m30s, 1h or 30"
         )
-    seconds = float(match["number"]) * UNIT_SECONDS[match["unit"]]
     if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_DURATION:
         raise UsageError(f"{option}: {text!r} must be more than 0 and at most 7 days")
     return seconds
+
+
+def is_interpreter(command: str) -> bool:
+    """True if COMMAND's basename is a shell, interpreter or wrapper (`sh`, `python3.11`, `env`)."""
+    name = os.path.basename(command)
+    return name in INTERPRETERS or bool(INTERPRETER_VERSIONED.fullmatch(name))
+
+
+def default_election_name(command: str) -> str:
+    """The election's name when --election is not given: COMMAND's basename, unless that names
+    a shell or interpreter (whose jobs would all share one election) or is not a valid name."""
+    name = os.path.basename(command)
+    if is_interpreter(command):
+        raise UsageError(
+            f"{name!r} is a shell or interpreter: every job run through it would share the "
+            f"election {name!r}; name the election with --election NAME"
+        )
+    return validate_election_name(name, derived_from_command=True)
 
 
 def validate_election_name(name: str, *, derived_from_command: bool = False) -> str:
@@ -102,10 +177,9 @@ def parse_backend_url(text: str) -> BackendURL:
     """
     scheme, sep, rest = text.partition("://")
     if not sep or not scheme:
-        raise UsageError(
-            f"--backend: {text!r} is not a URL; write it like etcd://10.0.0.1:2379,10.0.0.2:2379"
-        )
+        raise UsageError(f"--backend: {text!r} is not a URL; {_url_hint(text)}")
     scheme = scheme.lower()
+    scheme = SCHEME_ALIASES.get(scheme, scheme)
     hosts, slash, path = rest.partition("/")
     if "@" in hosts:
         raise UsageError(
@@ -116,6 +190,29 @@ def parse_backend_url(text: str) -> BackendURL:
         raise UsageError(f"--backend: {text!r} has a query or fragment; remove it")
     endpoints = tuple(_parse_endpoint(item, scheme, text) for item in hosts.split(","))
     return BackendURL(scheme=scheme, endpoints=endpoints, path=(slash + path).rstrip("/"))
+
+
+#: A scheme with `://` mistyped (`zk//h`, `zk:/h`, `etcd:h`), and a bare `host:port` list.
+MISTYPED_SCHEME = re.compile(r"(?i)(?P<scheme>etcds?|zk|zookeeper)(?P<sep>[:/]+)(?P<rest>.*)")
+BARE_HOSTS = re.compile(r"[A-Za-z0-9._\-\[\]:,]+(?:/[A-Za-z0-9._\-][A-Za-z0-9._/\-]*)?")
+
+
+def _url_hint(text: str) -> str:
+    """The fix for a `--backend` without `://`, with the user's own hosts where they show."""
+    text = text.strip()
+    mistyped = MISTYPED_SCHEME.fullmatch(text)
+    if mistyped and not (mistyped["sep"] == ":" and mistyped["rest"][:1].isdigit()):
+        scheme = mistyped["scheme"].lower()
+        scheme, hosts = SCHEME_ALIASES.get(scheme, scheme), mistyped["rest"]
+    elif text and BARE_HOSTS.fullmatch(text):
+        scheme, hosts = ("zk" if ":2181" in text else "etcd"), text
+    else:
+        return "write it like etcd://10.0.0.1:2379,10.0.0.2:2379 or zk://10.0.0.1:2181"
+    first, comma, more = (hosts or "host").partition(",")
+    host, slash, path = first.partition("/")
+    if ":" not in host:
+        host = f"{host or 'host'}:{DEFAULT_PORTS[scheme]}"
+    return f"did you mean {scheme}://{host}{slash}{path}{comma}{more}?"
 
 
 def _parse_endpoint(item: str, scheme: str, text: str) -> Endpoint:

@@ -37,7 +37,7 @@ from leaderrun.errors import BackendUnreachable, ExitCode, signal_exit_code
 from leaderrun.guard import GuardLink
 from leaderrun.log import event
 from leaderrun.record import candidate_value, parse_value
-from leaderrun.settings import Settings, Timing
+from leaderrun.settings import KILL_LEAD, Settings, Timing
 
 log = logging.getLogger("leaderrun")
 T = TypeVar("T")
@@ -162,6 +162,7 @@ class Supervisor:
         #: When this term began handing over to `step-down` (monotonic), if it did.
         self.handover_started: float | None = None
         #: `/healthz` pokes `pings`; the loop answers by setting `pong` wherever it waits.
+        self.child_started_at = 0.0
         self.pings = events.Wakeup()
         self.pong = threading.Event()
         self.role = "starting"
@@ -389,10 +390,12 @@ class Supervisor:
         self.wakeup.poke()
 
     def _send_deadline(self, term: Term) -> None:
-        deadline = term.clock.deadline()
+        """The guard's copy of the deadline: its SIGKILL goes out half a KILL_LEAD after ours
+        (so a healthy worker has always acted first) and still that long before the point the
+        timing rule names, for the kernel to tear the processes down."""
         timing = self._timing(term)
-        rule_point = deadline - timing.safety
-        self.guard.send("deadline", stop=rule_point - timing.kill_grace, kill=rule_point)
+        kill = timing.kill_by(term.clock.deadline()) + KILL_LEAD / 2
+        self.guard.send("deadline", stop=kill - timing.kill_grace, kill=kill)
 
     # -- LEADING ------------------------------------------------------------------------------
 
@@ -465,6 +468,7 @@ class Supervisor:
         child = process.spawn(
             [self.command_path, *self.settings.command[1:]], self._child_env(term), cgroup
         )
+        self.child_started_at = time.monotonic()
         self.guard.send("child", pid=child.pid, cgroup=cgroup.path if cgroup else None)
         metrics.child_started(self.settings.election)
         log.info(
@@ -630,14 +634,13 @@ class Supervisor:
         return process.signal_tree(child, signum)
 
     def _child_exited(self, child: process.Child, status: int, survivors: list[int]) -> None:
-        level = logging.INFO if status == 0 else logging.WARNING
-        log.log(
-            level,
-            "child pid %d exited with status %d",
-            child.pid,
-            status,
-            extra=event("child_exited", pid=child.pid, status=status),
-        )
+        took = time.monotonic() - self.child_started_at
+        fields = event("child_exited", pid=child.pid, status=status, seconds=round(took, 3))
+        if status == 0:
+            log.info("child pid %d exited with status 0 after %.1fs", child.pid, took, extra=fields)
+        else:
+            # One line at the default verbosity, so cron mails a failed job (SPEC §5).
+            log.warning("job exited with status %d after %.1f s", status, took, extra=fields)
         if survivors:
             log.warning(
                 "child left %d process(es) running (%s); stopping them before releasing",

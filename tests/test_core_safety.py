@@ -120,6 +120,7 @@ def test_a_stopped_worker_is_covered_by_the_guard(
         margin = stopped_at + TTL - safety(TTL) - time.monotonic()
     finally:
         os.kill(worker, signal.SIGCONT)
+    print(f"\n{store.kind}: guard killed the child {margin:.3f}s before stop + T - safety")
     assert margin >= 0, f"child still alive {-margin:.2f}s after stop + T - safety"
     assert wait_exit(proc) == 75
     assert int(pid_file.read_text()) == child, "the child was started again"

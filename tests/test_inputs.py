@@ -13,6 +13,9 @@ from leaderrun.errors import UsageError
 from leaderrun.record import identity_of, parse_value
 from leaderrun.settings import (
     MAX_DURATION,
+    SCHEME_OPTIONS,
+    default_election_name,
+    is_interpreter,
     parse_backend_url,
     parse_duration,
     validate_election_name,
@@ -53,6 +56,67 @@ def test_parse_duration_units(number: int, unit: str) -> None:
 def test_parse_duration_refuses_the_classics(text: str) -> None:
     with pytest.raises(UsageError):
         parse_duration(text, "--ttl")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1m30s", 90), ("1h5m", 3900), ("2m500ms", 120.5), ("1h0m1s", 3601), ("1.5m", 90)],
+)
+def test_parse_duration_compounds(text: str, seconds: float) -> None:
+    assert parse_duration(text, "--ttl") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["30s1m", "1m1m", "1m 30s", "1m30", "ms", "1hm", "8d1h"])
+def test_parse_duration_refuses_bad_compounds(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_duration(text, "--ttl")
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["sh", "/bin/sh", "bash", "dash", "zsh", "ksh", "fish", "env", "python", "python2",
+     "python3", "python3.11", "/usr/bin/python3.12", "pypy3", "perl", "perl5.36", "ruby",
+     "ruby3.2", "node", "php", "php8.2", "busybox", "nice", "nohup", "timeout", "sudo"],
+)  # fmt: skip
+def test_interpreters_have_no_default_election_name(command: str) -> None:
+    assert is_interpreter(command)
+    with pytest.raises(UsageError, match="--election") as refused:
+        default_election_name(command)
+    assert "\n" not in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "command", ["backup-db", "./rotate-logs.sh", "/opt/jobs/settle", "job.py", "shred", "envoy"]
+)
+def test_job_names_are_the_default_election_name(command: str) -> None:
+    assert not is_interpreter(command)
+    assert default_election_name(command) == command.rsplit("/", 1)[-1]
+
+
+@pytest.mark.parametrize(
+    ("text", "scheme"),
+    [("zookeeper://h1:2181,h2/chroot", "zk"), ("ZooKeeper://h", "zk"), ("ETCD://h", "etcd")],
+)
+def test_backend_scheme_aliases_and_case(text: str, scheme: str) -> None:
+    url = parse_backend_url(text)
+    assert url.scheme == scheme
+    assert scheme in SCHEME_OPTIONS and str(url).startswith(f"{scheme}://")
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("zk//h", "zk://h:2181"),
+        ("zk:/h", "zk://h:2181"),
+        ("zk:/h:2182/root", "zk://h:2182/root"),
+        ("zookeeper:h1,h2", "zk://h1:2181,h2"),
+        ("etcds//h", "etcds://h:2379"),
+        ("127.0.0.1:2379", "etcd://127.0.0.1:2379"),
+    ],
+)
+def test_backend_url_without_separator_suggests_one(text: str, hint: str) -> None:
+    with pytest.raises(UsageError, match=f"did you mean {hint}\\?"):
+        parse_backend_url(text)
 
 
 @settings(max_examples=300, deadline=None)

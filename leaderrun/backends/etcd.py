@@ -104,8 +104,18 @@ def is_tls_failure(exc: BaseException) -> bool:
 
 
 def refusal_error(exc: BaseException) -> BackendRefused:
+    """A wrong user or password is not a permissions problem: say which one it is."""
+    err = grpc_error(exc)
+    details = (err.details() or "").lower() if err is not None else ""
+    if err is not None and (
+        err.code() == grpc.StatusCode.UNAUTHENTICATED or "authentication failed" in details
+    ):
+        return BackendRefused(
+            f"etcd refused the credentials ({describe(exc)}); check --user and the password "
+            "in --password-file or LEADERRUN_PASSWORD"
+        )
     return BackendRefused(
-        f"etcd refused the request ({describe(exc)}); check --user and the role's permissions "
+        f"etcd refused the request ({describe(exc)}); check the permissions of --user's role "
         "on the prefix"
     )
 
