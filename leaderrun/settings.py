@@ -297,7 +297,15 @@ class Security:
 
 
 def read_secret_file(path: str, option: str) -> tuple[str, bool]:
-    """The file's content without its trailing newline, and whether others may read it."""
+    """The file's content without its trailing newline, and whether others may read it.
+
+    A bare name (no '/') is a systemd credential when `$CREDENTIALS_DIRECTORY` is set
+    (`LoadCredential=NAME:/etc/...` then `--password-file NAME`): it is read from that
+    directory. Any other path, or a bare name outside systemd, is used as given.
+    """
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and path and "/" not in path:
+        path = os.path.join(credentials, path)
     try:
         with open(path, encoding="utf-8") as handle:
             secret = handle.read().rstrip("\r\n")
