@@ -7,11 +7,14 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from helpers import ProcessRegistry, descendants, wait_for
 from runs import child_pid, long_job, start, wait_exit
 from servers import free_port
@@ -155,3 +158,30 @@ def test_metrics_addr_in_use_is_a_usage_error(
     err = proc.read_stderr()
     assert "--metrics-addr" in err and len(err.strip().splitlines()) == 1
     assert store.candidates(election) == []
+
+
+PROMTOOL = Path(sys.executable).parent / "promtool"  # make deps extracts it into the venv
+
+
+@pytest.mark.skipif(not PROMTOOL.exists(), reason="promtool missing: run `make deps`")
+def test_metrics_page_passes_promtool_check(
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    job, pid_file, done = long_job(tmp_path, ignore_term=False)
+    port = free_port()
+    proc = start(processes, store, election, *job, opts=("--metrics-addr", f"127.0.0.1:{port}"))
+    child_pid(pid_file)
+    page = wait_for(lambda: "leaderrun_is_leader" in scrape_page(port) and scrape_page(port), 15)
+    checked = subprocess.run(
+        [str(PROMTOOL), "check", "metrics"], input=page, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    done.touch()
+    assert wait_exit(proc) == 0
+
+
+def scrape_page(port: int) -> str:
+    try:
+        return scrape(port)
+    except OSError:
+        return ""
