@@ -759,3 +759,78 @@ class ZkEnsemble:
         except TimeoutError as e:
             logs = "\n".join(f"--- {m.log_path}:\n{_tail(m.log_path, 15)}" for m in self.members)
             raise TimeoutError(f"{e}\n{logs}") from None
+
+
+# -- PostgreSQL (the fenced resource of examples/fenced-postgres) ------------------------------
+
+PG_USER = "postgres"
+
+
+def postgres_bindir() -> Path | None:
+    """Debian's versioned server binaries (/usr/lib/postgresql/<major>/bin), newest first."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
+    return found[0].parent if found else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL on a free loopback port, trust auth, superuser ``postgres``.
+
+    The server refuses to run as root, so when the tests run as root it runs as the
+    ``postgres`` system user, in a directory of its own under /tmp (pytest's tmp dirs are 0700
+    root). It runs in the foreground (``postgres -D``), so it dies with the test process.
+    """
+
+    def __init__(self) -> None:
+        import pwd
+        import tempfile
+
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise RuntimeError("PostgreSQL is not installed (Debian package `postgresql`)")
+        self.bindir = bindir
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="leaderrun-pg-"))
+        self.data_dir = self.dir / "data"
+        self.log_path = self.dir / "postgres.log"
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            self.user = PG_USER
+            pw = pwd.getpwnam(PG_USER)
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dsn = f"host=127.0.0.1 port={self.port} user={PG_USER} dbname=postgres"
+
+    def _run(self, *argv: str) -> None:
+        subprocess.run(argv, user=self.user, check=True, capture_output=True, timeout=60,
+                       cwd=self.dir, stdin=subprocess.DEVNULL)  # fmt: skip
+
+    def start(self) -> None:
+        self._run(str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", PG_USER,
+                  "--auth=trust", "--no-sync", "-E", "UTF8")  # fmt: skip
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(self.bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
+             "-c", "fsync=off"],
+            user=self.user, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.dir, start_new_session=True, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        log.close()
+        _live.add(self.proc)
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited:\n{_tail(self.log_path)}")
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(ready, START_TIMEOUT, message="postgres to listen")
+        time.sleep(0.3)  # accepting TCP precedes accepting logins by a moment
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)  # fast shutdown
+            terminate(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,19 +1,33 @@
-"""Long fault injection on a 3-member etcd cluster and a 3-server ZooKeeper ensemble
-(`make chaos`)."""
+"""Fault injection on a 3-member etcd cluster and a 3-server ZooKeeper ensemble.
+
+The rolling restart and the long nemesis runs are `make chaos`; a 60 s seeded nemesis run per
+backend (`nemesis_short`) is part of `make test`."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 from helpers import ProcessRegistry, wait_for
+from nemesis.checker import Result
+from nemesis.harness import (
+    DEFAULT_FAULTS,
+    PARTITION_FAULTS,
+    Nemesis,
+    StoreAdapter,
+    chaos_seconds,
+    chaos_seed,
+    faults_from_env,
+)
+from nemesis.proxy import Partitions
 from runs import alive, child_pid, long_job, start, wait_exit
+from servers import EtcdCluster, ZkEnsemble
 from stores import Store
 
-pytestmark = pytest.mark.chaos
 
-
+@pytest.mark.chaos
 def test_rolling_restart_of_every_member_keeps_the_child(
     store_cluster3: Store, election: str, processes: ProcessRegistry, tmp_path: Path
 ) -> None:
@@ -37,3 +51,81 @@ def test_rolling_restart_of_every_member_keeps_the_child(
     done.touch()
     assert wait_exit(proc) == 0
     assert "WARNING" not in proc.read_stderr()
+
+
+# -- nemesis: random faults, an independent checker, a report ---------------------------------
+# `make chaos` runs each backend CHAOS_SECONDS (default 300 s); `make test` runs a 60 s seeded
+# run per backend (marker `nemesis_short`). Reports go to chaos-report/ (JSON, text, PNG).
+
+SHORT_SEED = "1201"
+
+
+def _nemesis_run(
+    store: EtcdCluster | ZkEnsemble, tmp_path: Path, seconds: float, seed: str, name: str
+) -> Result:
+    adapter = StoreAdapter(store)
+    faults = faults_from_env(DEFAULT_FAULTS + PARTITION_FAULTS)
+    parts = None
+    if any(f in PARTITION_FAULTS for f in faults):
+        scheme = store.backend_url.split("://", 1)[0]
+        parts = Partitions(scheme, [m.endpoint for m in store.members], ["c0", "c1", "c2"])
+    nem = Nemesis(
+        adapter, tmp_path, seed, seconds, faults=faults,
+        backend_for=parts.backend_for if parts else None,
+        partitioner=parts.partition if parts else None,
+    )  # fmt: skip
+    try:
+        result = nem.run()
+    finally:
+        if parts:
+            parts.close()
+    text = nem.report(result, name)
+    print(text)
+    print("\n".join(nem.log))
+    return result
+
+
+def _assert_clean(result: Result) -> None:
+    assert result.terms >= 2, "the nemesis run never changed leader: nothing was tested"
+    details = [f"{v.kind}: {v.message}; fault: {v.fault}" for v in result.violations]
+    assert result.ok, "\n".join(details)
+
+
+def _etcd3(tmp_path: Path) -> EtcdCluster:
+    cluster = EtcdCluster(tmp_path / "etcd", size=3)
+    cluster.start()
+    return cluster
+
+
+def _zk3(tmp_path: Path) -> ZkEnsemble:
+    ensemble = ZkEnsemble(tmp_path / "zk", size=3)
+    ensemble.start()
+    return ensemble
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(0)
+@pytest.mark.parametrize("backend", ["etcd", "zk"])
+def test_nemesis_long(backend: str, tmp_path: Path) -> None:
+    """CHAOS_SECONDS (default 300) of random faults per backend: no two terms' jobs at once."""
+    store = _etcd3(tmp_path) if backend == "etcd" else _zk3(tmp_path)
+    try:
+        result = _nemesis_run(store, tmp_path, chaos_seconds(300), chaos_seed(), backend)
+    finally:
+        store.stop()
+    _assert_clean(result)
+
+
+@pytest.mark.nemesis_short
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("backend", ["etcd", "zk"])
+def test_nemesis_short(backend: str, tmp_path: Path) -> None:
+    """The CI run: 60 s of seeded faults per backend, failing on any violation."""
+    store = _etcd3(tmp_path) if backend == "etcd" else _zk3(tmp_path)
+    seconds = float(os.environ.get("CHAOS_SHORT_SECONDS", 60))
+    seed = os.environ.get("CHAOS_SEED", SHORT_SEED)
+    try:
+        result = _nemesis_run(store, tmp_path, seconds, seed, f"{backend}-short")
+    finally:
+        store.stop()
+    _assert_clean(result)
