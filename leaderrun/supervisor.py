@@ -240,12 +240,7 @@ class Supervisor:
     def _check_idle(self, ready: set[int]) -> int | None:
         """While not leading: the stop signal that arrived, if any (others are ignored)."""
         assert self.inbox is not None
-        self._answer_pings(ready)
-        if (
-            self.guard.gone_fd is not None
-            and self.guard.gone_fd in ready
-            and self.guard.guard_died()
-        ):
+        if self._guard_gone(ready):
             return signal.SIGKILL
         if self.inbox.fd in ready:
             for signum in self.inbox.take():
@@ -548,12 +543,7 @@ class Supervisor:
         self, ready: set[int], child: process.Child, term: Term, plan: TermPlan
     ) -> None:
         assert self.inbox is not None
-        self._answer_pings(ready)
-        if (
-            self.guard.gone_fd is not None
-            and self.guard.gone_fd in ready
-            and self.guard.guard_died()
-        ):
+        if self._guard_gone(ready):
             self._guard_died(child, plan)
         if self.inbox.fd in ready:
             for signum in self.inbox.take():
@@ -772,6 +762,13 @@ class Supervisor:
             )
 
     # -- health ------------------------------------------------------------------------------
+
+    def _guard_gone(self, ready: set[int]) -> bool:
+        """Answer what woke us from outside (health probes, the guard's watchdog pings) and
+        say whether the guard died: every place the loop waits calls this first."""
+        self._answer_pings(ready)
+        gone_fd = self.guard.gone_fd
+        return gone_fd is not None and gone_fd in ready and self.guard.guard_died()
 
     def _answer_pings(self, ready: set[int]) -> None:
         if self.pings.fd in ready:
