@@ -591,7 +591,10 @@ def _sweep(
     refused: list[int] = []
     for pid in targets:
         try:
-            os.kill(pid, signum)
+            # A member of the group already got `signum` from killpg: a second SIGTERM would
+            # cut short a job's graceful shutdown (many treat it as "quit now"). Signal 0 only
+            # asks whether we may signal it, which is what the per-pid pass is for.
+            os.kill(pid, 0 if pid in grouped else signum)
         except ProcessLookupError:
             if pid in grouped:  # killed by killpg and already reaped
                 signalled.append(pid)

@@ -709,3 +709,4 @@ def test_signal_tree_of_sigterm(helper: Callable[..., Helper]) -> None:
         wait_for(partial(dead, pid), 10, message=f"pid {pid} terminated")
     assert alive(worker)
     assert h.finish()["status"] == 128 + signal.SIGTERM
+
