@@ -23,6 +23,7 @@ from leaderrun.errors import ExitCode, LeaderrunError, UsageError
 from leaderrun.log import FORMATS, setup_logging
 from leaderrun.settings import (
     BACKEND_OPTIONS,
+    MAX_HOLDERS,
     SCHEME_OPTIONS,
     BackendURL,
     Security,
@@ -315,6 +316,16 @@ def common_options(func: F) -> F:
     help="Skip if a successful run of this election started less than this ago.",
 )
 @option(
+    "--max-holders",
+    metavar="N",
+    envvar=_env("max-holders"),
+    type=click.IntRange(1, MAX_HOLDERS),
+    default=1,
+    help="Semaphore: up to N candidates hold at once, each running its own COMMAND with "
+    "LEADERRUN_SLOT (0..N-1) and its own fencing token. Every candidate of the election must "
+    "use the same N.",
+)
+@option(
     "--forever",
     is_flag=True,
     envvar=_env("forever"),
@@ -390,15 +401,25 @@ def status(election: str | None, as_json: bool, **options: Any) -> None:
     is_flag=True,
     help="Delete the leader's key at once (a dead or hung leader); the next job may overlap.",
 )
+@click.option(
+    "--slot",
+    metavar="K",
+    type=click.IntRange(0, MAX_HOLDERS - 1),
+    help="Under --max-holders: only the holder of slot K (default: every holder in turn).",
+)
 @click.argument("election", metavar="ELECTION")
-def step_down(election: str, wait: bool, timeout: str, force: bool, **options: Any) -> None:
+def step_down(
+    election: str, wait: bool, timeout: str, force: bool, slot: int | None, **options: Any
+) -> None:
     """Ask the leader of ELECTION to hand over: it stops its job (SIGTERM, --kill-grace,
     SIGKILL, every descendant), then releases, so the next job starts only after the old one
     is gone."""
     settings = settings_for_operator(election, options)
     from leaderrun.operate import step_down as do_step_down
 
-    sys.exit(do_step_down(settings, election, parse_duration(timeout, "--timeout"), wait, force))
+    sys.exit(
+        do_step_down(settings, election, parse_duration(timeout, "--timeout"), wait, force, slot)
+    )
 
 
 def settings_for_run(command: tuple[str, ...], options: dict[str, Any]) -> Settings:
@@ -428,6 +449,7 @@ def settings_for_run(command: tuple[str, ...], options: dict[str, Any]) -> Setti
         wait_timeout=_optional_duration(options, "wait_timeout"),
         skip_exit_code=int(options["skip_exit_code"]),
         once_per=_optional_duration(options, "once_per"),
+        max_holders=int(options["max_holders"]),
         forever=bool(options["forever"]),
         restart_delay=parse_duration(options["restart_delay"], "--restart-delay"),
         metrics_addr=options["metrics_addr"],

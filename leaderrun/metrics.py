@@ -31,7 +31,7 @@ HEALTH_TIMEOUT = 1.0
 class Registry:
     """The series, created when serving starts, initialised for the election."""
 
-    def __init__(self, election: str) -> None:
+    def __init__(self, election: str, max_holders: int = 1) -> None:
         from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -70,12 +70,20 @@ class Registry:
             "Unix time at which a child last exited 0 here",
             label,
         )
+        self.holders = Gauge(
+            "leaderrun_holders", "How many candidates may hold at once (--max-holders)", label
+        )
+        self.slot = Gauge(
+            "leaderrun_slot", "This candidate's slot while it holds (-1: not holding)", label
+        )
         self.backend_errors = Counter(
             "leaderrun_backend_errors", "Failed requests to the backend", label
         )
         for series in (self.is_leader, self.terms, self.child_starts, self.backend_errors,
                        self.renew_latency, self.lease_ttl, self.fencing_token):  # fmt: skip
             series.labels(election)
+        self.holders.labels(election).set(max_holders)
+        self.slot.labels(election).set(-1)
 
 
 _registry: Registry | None = None
@@ -95,9 +103,12 @@ health_probe: Callable[[float], bool] = _always_healthy
 leader_view: Callable[[], dict[str, Any]] = _nothing_known
 
 
-def set_leader(election: str, leading: bool, token: int = 0, ttl: float | None = None) -> None:
+def set_leader(
+    election: str, leading: bool, token: int = 0, ttl: float | None = None, slot: int = 0
+) -> None:
     if (r := _registry) is not None:
         r.is_leader.labels(election).set(1 if leading else 0)
+        r.slot.labels(election).set(slot if leading else -1)
         r.fencing_token.labels(election).set(token if leading else 0)
         if ttl is not None:
             r.lease_ttl.labels(election).set(ttl)
@@ -132,7 +143,7 @@ def backend_error(election: str) -> None:
         r.backend_errors.labels(election).inc()
 
 
-def serve(address: str, election: str) -> None:
+def serve(address: str, election: str, max_holders: int = 1) -> None:
     """Start the endpoints, or fail with a usage error naming the address."""
     global _registry
     host, sep, port = address.rpartition(":")
@@ -141,7 +152,7 @@ def serve(address: str, election: str) -> None:
             f"--metrics-addr: {address!r} is not HOST:PORT; write it like 127.0.0.1:9464"
         )
     if _registry is None:
-        _registry = Registry(election)
+        _registry = Registry(election, max_holders)
         _export_dropped_log_lines()
     try:
         server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Endpoints)

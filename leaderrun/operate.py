@@ -23,8 +23,9 @@ from leaderrun.record import parse_value, step_down_request
 from leaderrun.settings import Settings
 
 SCHEMA_VERSION = 1
-#: Added fields within schema 1: 1 = `step_down` on each election.
-SCHEMA_MINOR = 1
+#: Added fields within schema 1: 1 = `step_down` on each election; 2 = `max_holders` and
+#: `holders` (each with `slot` and `step_down`) on each election.
+SCHEMA_MINOR = 2
 RAW_PREVIEW = 200
 
 
@@ -67,6 +68,8 @@ def describe_candidate(candidate: Candidate) -> dict[str, Any]:
         )
     if candidate.ttl_left is not None:
         described["lease_ttl_left"] = candidate.ttl_left
+    if candidate.slot is not None:
+        described["slot"] = candidate.slot
     return described
 
 
@@ -86,13 +89,17 @@ def describe_last_run(raw: bytes | None) -> dict[str, Any] | None:
     }
 
 
-def describe_step_down(view: ElectionView) -> dict[str, Any] | None:
-    """The pending step-down request for the current leader's term (schema 1.1), else None:
-    a request for an ended term is no longer pending."""
-    leader = view.leader
-    if view.step_down is None or leader is None:
+def describe_step_down(
+    view: ElectionView, holder: Candidate | None = None
+) -> dict[str, Any] | None:
+    """The pending step-down request for the current leader's term (schema 1.1), or for
+    `holder`'s under `--max-holders` (1.2), else None: a request for an ended term is no
+    longer pending."""
+    leader = view.leader if holder is None else holder
+    raw = view.step_down if holder is None else view.step_downs.get(holder.slot or 0)
+    if raw is None or leader is None:
         return None
-    document = parse_value(view.step_down)
+    document = parse_value(raw)
     if document is None or document.get("token") != leader.token:
         return None
     asked = document.get("asked")
@@ -108,12 +115,20 @@ def describe_step_down(view: ElectionView) -> dict[str, Any] | None:
 
 
 def describe_election(view: ElectionView) -> dict[str, Any]:
+    """`leader` is the first holder and `waiting` those behind every holder, so readers of
+    schema 1.0 keep working under `--max-holders`; `holders` lists them all (1.2)."""
     candidates = [describe_candidate(c) for c in view.candidates]
+    holders = candidates[: view.max_holders]
+    if view.max_holders > 1:
+        for described, holder in zip(holders, view.holders, strict=True):
+            described["step_down"] = describe_step_down(view, holder)
     return {
         "name": view.name,
-        "leader": candidates[0] if candidates else None,
-        "step_down": describe_step_down(view),
-        "waiting": candidates[1:],
+        "leader": holders[0] if holders else None,
+        "step_down": describe_step_down(view) if view.max_holders == 1 else None,
+        "max_holders": view.max_holders,
+        "holders": holders,
+        "waiting": candidates[view.max_holders :],
         "last_run": describe_last_run(view.last_run),
     }
 
@@ -289,7 +304,10 @@ def print_plain(document: dict[str, Any]) -> None:
     for election in document["elections"]:
         leader = election["leader"]
         prefix = f"{election['name']}: "
-        print(prefix + "no leader" if leader is None else candidate_line(prefix, leader, True))
+        if election.get("max_holders", 1) > 1:
+            print_holders(election)
+        else:
+            print(prefix + "no leader" if leader is None else candidate_line(prefix, leader, True))
         if election["step_down"] is not None:
             print(shorten(f"  {step_down_line(election['step_down'])}", WIDTH))
         for n, waiter in enumerate(election["waiting"], start=1):
@@ -297,6 +315,17 @@ def print_plain(document: dict[str, Any]) -> None:
         if election["last_run"] is not None:
             last = f"  last successful run: {last_run_line(election['last_run'])}"
             print(shorten(last, WIDTH))
+
+
+def print_holders(election: dict[str, Any]) -> None:
+    """`--max-holders`: a head line, then one line per holder by slot (and its step-down)."""
+    holders = election["holders"]
+    print(f"{election['name']}: {len(holders)} of {election['max_holders']} slots held")
+    for holder in sorted(holders, key=lambda h: h.get("slot", election["max_holders"])):
+        slot = holder.get("slot")
+        print(candidate_line(f"  slot {'?' if slot is None else slot}: ", holder, True))
+        if holder.get("step_down") is not None:
+            print(shorten(f"    {step_down_line(holder['step_down'])}", WIDTH))
 
 
 def print_table(document: dict[str, Any]) -> None:
@@ -307,7 +336,15 @@ def print_table(document: dict[str, Any]) -> None:
         waiting = "\n".join(
             candidate_line(f"{n}. ", w, False, 40) for n, w in enumerate(election["waiting"], 1)
         )
-        leader = leader_line(election["leader"], 40)
+        leader = (
+            leader_line(election["leader"], 40)
+            if election.get("max_holders", 1) == 1
+            else "\n".join(
+                candidate_line(f"slot {h.get('slot', '?')}: ", h, True, 40)
+                for h in election["holders"]
+            )
+            or "no holder"
+        )
         if election["step_down"] is not None:
             leader += f"\n{step_down_line(election['step_down'])}"
         table.add_row(
@@ -322,8 +359,16 @@ def print_table(document: dict[str, Any]) -> None:
 # -- step-down -------------------------------------------------------------------------------------
 
 
-def step_down(settings: Settings, election: str, timeout: float, wait: bool, force: bool) -> int:
+def step_down(
+    settings: Settings,
+    election: str,
+    timeout: float,
+    wait: bool,
+    force: bool,
+    slot: int | None = None,
+) -> int:
     """Ask the leader of `election` to hand over (SPEC §7); with `force`, remove it at once.
+    Under `--max-holders`, the holder of `slot`, or every holder one after another.
 
     Exit 0 once the leader released (or was removed), 3 when there was no leader, 75 when it
     did not act within `timeout` (the request is then withdrawn).
@@ -331,38 +376,57 @@ def step_down(settings: Settings, election: str, timeout: float, wait: bool, for
     backend = connect(settings)
     try:
         view = backend.view(election)
-        leader = view.leader
-        if leader is None:
-            print(f"leaderrun: {election} has no leader; nothing to step down", file=sys.stderr)
+        holders = [h for h in view.holders if slot is None or (h.slot or 0) == slot]
+        if not holders:
+            what = "no leader" if slot is None else f"no holder in slot {slot}"
+            print(f"leaderrun: {election} has {what}; nothing to step down", file=sys.stderr)
             return ExitCode.NO_LEADER
-        name = who(describe_candidate(leader))
-        if force:
-            return _force(backend, election, name)
-        request = step_down_request(leader.token, settings.identity)
-        if not backend.request_step_down(election, leader, request):
-            print(f"{name} stopped leading {election} meanwhile; nothing to do")
-            return ExitCode.OK
-        asked = time.monotonic()
-        print(f"asked {name} to step down from {election}; waiting for its job to stop")
-        if not _await(lambda: _leader_token(backend, election) != leader.token, asked + timeout):
-            backend.withdraw_step_down(election, request)
-            print(
-                f"leaderrun: {name} did not hand over {election} within {timeout:g}s "
-                "(hung or partitioned?); request withdrawn. --force removes it at once",
-                file=sys.stderr,
-            )
-            return ExitCode.LOST
-        backend.withdraw_step_down(election, request)
-        print(f"{name} handed over {election} after {time.monotonic() - asked:.2f}s")
-        if wait:
-            _wait_for_successor(backend, election, leader.token, asked + timeout)
+        for holder in holders:
+            code = _step_down_holder(backend, settings, view, holder, timeout, wait, force)
+            if code != ExitCode.OK:
+                return code
         return ExitCode.OK
     finally:
         backend.close()
 
 
-def _force(backend: Backend, election: str, name: str) -> int:
-    leader = backend.force_step_down(election)
+def _step_down_holder(
+    backend: Backend,
+    settings: Settings,
+    view: ElectionView,
+    holder: Candidate,
+    timeout: float,
+    wait: bool,
+    force: bool,
+) -> int:
+    election = view.name
+    slot = holder.slot if view.max_holders > 1 else None
+    name = who(describe_candidate(holder)) + ("" if slot is None else f" in slot {slot}")
+    if force:
+        return _force(backend, election, name, slot)
+    request = step_down_request(holder.token, settings.identity)
+    if not backend.request_step_down(election, holder, request):
+        print(f"{name} stopped holding {election} meanwhile; nothing to do")
+        return ExitCode.OK
+    asked = time.monotonic()
+    print(f"asked {name} to step down from {election}; waiting for its job to stop")
+    if not _await(lambda: holder.token not in _holder_tokens(backend, election), asked + timeout):
+        backend.withdraw_step_down(election, request, slot)
+        print(
+            f"leaderrun: {name} did not hand over {election} within {timeout:g}s "
+            "(hung or partitioned?); request withdrawn. --force removes it at once",
+            file=sys.stderr,
+        )
+        return ExitCode.LOST
+    backend.withdraw_step_down(election, request, slot)
+    print(f"{name} handed over {election} after {time.monotonic() - asked:.2f}s")
+    if wait:
+        _wait_for_successor(backend, election, holder.token, slot, asked + timeout)
+    return ExitCode.OK
+
+
+def _force(backend: Backend, election: str, name: str, slot: int | None) -> int:
+    leader = backend.force_step_down(election, slot)
     if leader is None:
         print(f"leaderrun: {election} has no leader; nothing to step down", file=sys.stderr)
         return ExitCode.NO_LEADER
@@ -375,29 +439,38 @@ def _force(backend: Backend, election: str, name: str) -> int:
     return ExitCode.OK
 
 
-def _leader_token(backend: Backend, election: str) -> int | None:
-    leader = backend.view(election).leader
-    return leader.token if leader is not None else None
+def _holder_tokens(backend: Backend, election: str) -> set[int]:
+    return {holder.token for holder in backend.view(election).holders}
 
 
-def _wait_for_successor(backend: Backend, election: str, old_token: int, until: float) -> None:
+def _successor(view: ElectionView, slot: int | None) -> Candidate | None:
+    """Who holds the leader's place (`slot`'s under `--max-holders`) now, if anyone."""
+    if slot is None:
+        return view.leader
+    return next((h for h in view.holders if h.slot == slot), None)
+
+
+def _wait_for_successor(
+    backend: Backend, election: str, old_token: int, slot: int | None, until: float
+) -> None:
     """`--wait`: until the next leader's child runs (it announces its pid), or nobody waits."""
 
     def successor_running() -> bool:
-        leader = backend.view(election).leader
-        if leader is None:
-            return True
-        document = parse_value(leader.value)
-        return leader.token != old_token and bool(document and document.get("child_pid"))
+        view = backend.view(election)
+        successor = _successor(view, slot)
+        if successor is None:
+            return not view.waiters
+        document = parse_value(successor.value)
+        return successor.token != old_token and bool(document and document.get("child_pid"))
 
     if not _await(successor_running, until):
         print(f"leaderrun: no new job started in {election} in time", file=sys.stderr)
         return
-    leader = backend.view(election).leader
-    if leader is None:
+    successor = _successor(backend.view(election), slot)
+    if successor is None:
         print(f"nobody was waiting in {election}")
     else:
-        print(f"{who(describe_candidate(leader))} now leads {election}")
+        print(f"{who(describe_candidate(successor))} now leads {election}")
 
 
 def _await(done: Callable[[], bool], until: float) -> bool:

@@ -39,6 +39,22 @@ def candidate_value(
     return json.dumps(document, separators=(",", ":")).encode()
 
 
+def with_fields(value: bytes, **fields: Any) -> bytes:
+    """`value` with `fields` set (a holder's `slot`); a value not of ours is left as it is."""
+    document = parse_value(value)
+    if document is None:
+        return value
+    document.update(fields)
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def int_field(value: bytes, name: str) -> int | None:
+    """An integer field of one of our values (`slot`, `holders`), or None."""
+    document = parse_value(value)
+    found = document.get(name) if document else None
+    return found if isinstance(found, int) and not isinstance(found, bool) else None
+
+
 def parse_value(value: bytes) -> dict[str, Any] | None:
     """The document, or None when the value is not one of ours (foreign, old, damaged)."""
     try:

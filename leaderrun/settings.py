@@ -36,6 +36,9 @@ SCHEME_ALIASES = {"zookeeper": "zk"}
 TLS_FILES = frozenset({"cacert", "cert", "key"})
 ETCD_AUTH = frozenset({"user", "password_file"})
 ZK_AUTH = frozenset({"zk_auth_file"})
+#: The largest `--max-holders`: every waiter reads the whole queue, so N stays small.
+MAX_HOLDERS = 1024
+
 SCHEME_OPTIONS: dict[str, frozenset[str]] = {
     "etcd": TLS_FILES | ETCD_AUTH,
     "etcds": TLS_FILES | ETCD_AUTH,
@@ -342,6 +345,8 @@ class Settings:
     wait_timeout: float | None = None
     skip_exit_code: int = 0
     once_per: float | None = None
+    #: `--max-holders`: up to this many candidates hold at once (1: the election).
+    max_holders: int = 1
     forever: bool = False
     restart_delay: float = 1.0
     metrics_addr: str | None = None

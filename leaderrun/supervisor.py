@@ -176,7 +176,9 @@ class Supervisor:
         if self.settings.metrics_addr:
             metrics.health_probe = self._answer_health_probe
             metrics.leader_view = self._leader_view
-            metrics.serve(self.settings.metrics_addr, self.settings.election)
+            metrics.serve(
+                self.settings.metrics_addr, self.settings.election, self.settings.max_holders
+            )
         self.command_path = process.resolve_command(self.settings.command)
         backend = backend_class(self.settings.backend.scheme)(self.settings)
         backend.on_waiting = self._on_waiting
@@ -334,6 +336,7 @@ class Supervisor:
             self.settings.command[0],
             self.guard.leaderrun_pid(),
             self.queued_at,
+            **self._holders_field(),
         )
         self.cancel = cancel = Flag()
         give_up_at = (
@@ -400,13 +403,23 @@ class Supervisor:
         self.handover_started = None
         self.elected_at = time.time()
         self.role = "leader"
-        metrics.set_leader(self.settings.election, True, term.token, term.clock.ttl)
-        log.info(
-            "elected leader of %s with fencing token %d",
-            self.settings.election_path,
-            term.token,
-            extra=event("elected", token=term.token),
-        )
+        metrics.set_leader(self.settings.election, True, term.token, term.clock.ttl, term.slot)
+        if self.settings.max_holders > 1:
+            log.info(
+                "holding slot %d of %d in %s with fencing token %d",
+                term.slot,
+                self.settings.max_holders,
+                self.settings.election_path,
+                term.token,
+                extra=event("elected", token=term.token, slot=term.slot),
+            )
+        else:
+            log.info(
+                "elected leader of %s with fencing token %d",
+                self.settings.election_path,
+                term.token,
+                extra=event("elected", token=term.token),
+            )
         try:
             if self._ran_recently(term):
                 self.skipped = True
@@ -679,6 +692,7 @@ class Supervisor:
             self.queued_at,
             leader_since=self.elected_at,
             child_pid=child_pid,
+            **self._holders_field(term),
         )
 
         def send() -> None:
@@ -806,6 +820,16 @@ class Supervisor:
         """The timing rule applies to the TTL the server granted, not the one we asked for."""
         return self.settings.timing.with_granted_ttl(term.clock.ttl)
 
+    def _holders_field(self, term: Term | None = None) -> dict[str, int]:
+        """Under `--max-holders`, our value says N (so others can check they agree) and, once
+        holding, our slot; with N = 1 the value stays as before (and as older versions read)."""
+        if self.settings.max_holders == 1:
+            return {}
+        fields = {"holders": self.settings.max_holders}
+        if term is not None:
+            fields["slot"] = term.slot
+        return fields
+
     def _child_env(self, term: Term) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
         if env.pop("LEADERRUN_GRPC_VERBOSITY_SET", None):
@@ -814,6 +838,7 @@ class Supervisor:
             LEADERRUN_ELECTION=self.settings.election,
             LEADERRUN_ID=self.settings.identity,
             LEADERRUN_FENCING_TOKEN=str(term.token),
+            LEADERRUN_SLOT=str(term.slot),
             LEADERRUN_BACKEND=str(self.settings.backend),
             LEADERRUN_LEASE_TTL=f"{term.clock.ttl:g}",
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -139,6 +139,8 @@ class Term:
     released: bool = False
     #: Who asked this term to hand over (`step-down`), once someone did.
     handover_by: str = ""
+    #: Under `--max-holders N`, the holder's slot (0..N-1, unique among the holders); else 0.
+    slot: int = 0
 
     def lose(self, reason: str) -> None:
         if not self.lost.is_set():
@@ -178,6 +180,23 @@ class Candidate:
 
         return identity_of(self.value)
 
+    @property
+    def slot(self) -> int | None:
+        """The slot a holder took under `--max-holders` (None for a waiter, or N = 1)."""
+        from leaderrun.record import int_field
+
+        return int_field(self.value, "slot")
+
+    @property
+    def max_holders(self) -> int | None:
+        """The `--max-holders` this candidate runs with: 1 for ours without the field (N = 1
+        and older versions), None for a foreign value (`etcdctl elect`), which says nothing."""
+        from leaderrun.record import int_field, parse_value
+
+        if parse_value(self.value) is None:
+            return None
+        return int_field(self.value, "holders") or 1
+
 
 @dataclass(frozen=True)
 class ElectionView:
@@ -187,12 +206,46 @@ class ElectionView:
     name: str
     candidates: tuple[Candidate, ...]
     last_run: bytes | None = None
-    #: A pending `step-down` request (`record.step_down_request`), raw, or None.
+    #: A pending `step-down` request (`record.step_down_request`), raw, or None; under
+    #: `--max-holders`, the pending requests by slot.
     step_down: bytes | None = None
+    #: The election's `--max-holders` as its candidates say (1 when none says otherwise).
+    max_holders: int = 1
+    step_downs: Mapping[int, bytes] = field(default_factory=dict)
 
     @property
     def leader(self) -> Candidate | None:
         return self.candidates[0] if self.candidates else None
+
+    @property
+    def holders(self) -> tuple[Candidate, ...]:
+        return self.candidates[: self.max_holders]
+
+    @property
+    def waiters(self) -> tuple[Candidate, ...]:
+        return self.candidates[self.max_holders :]
+
+
+def election_holders(candidates: Iterable[Candidate]) -> int:
+    """The `--max-holders` of an election, as the first of its candidates that says it."""
+    for candidate in candidates:
+        if candidate.max_holders is not None:
+            return candidate.max_holders
+    return 1
+
+
+def check_max_holders(settings: Settings, candidates: Iterable[Candidate]) -> None:
+    """Refuse to join an election whose candidates run with another `--max-holders`: two
+    values of N in one queue would let more jobs run at once than either side allows."""
+    for candidate in candidates:
+        theirs = candidate.max_holders
+        if theirs is not None and theirs != settings.max_holders:
+            raise UsageError(
+                f"--max-holders {settings.max_holders} does not match election "
+                f"{settings.election!r}, where {candidate.identity} runs with --max-holders "
+                f"{theirs}; changing N needs every candidate of the election restarted with "
+                "the same value"
+            )
 
 
 class Backend(abc.ABC):
@@ -288,24 +341,33 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def request_step_down(self, election: str, leader: Candidate, request: bytes) -> bool:
-        """Ask `leader` to hand over: write `request` at `step_down_path`, only while `leader`
-        still leads (False when it no longer does). The leader watches that path from its
-        election on, and a request naming another term's token is ignored and cleaned up."""
+        """Ask `leader` (a holder) to hand over: write `request` at `step_down_path` (of its
+        slot under `--max-holders`), only while it still holds (False when it no longer
+        does). A holder watches that path from its election on, and a request naming another
+        term's token is ignored and cleaned up."""
 
     @abc.abstractmethod
-    def withdraw_step_down(self, election: str, request: bytes) -> None:
-        """Remove `request` if it is still the pending one (the leader did not act in time)."""
+    def withdraw_step_down(self, election: str, request: bytes, slot: int | None = None) -> None:
+        """Remove `request` if it is still the pending one (the holder did not act in time)."""
 
     @abc.abstractmethod
-    def force_step_down(self, election: str) -> Candidate | None:
-        """Delete the current leader's key/node of `election` at once; the leader it was."""
+    def force_step_down(self, election: str, slot: int | None = None) -> Candidate | None:
+        """Delete the key/node of the leader (of the holder of `slot`) of `election` at once;
+        the candidate it was, or None when there was none."""
+
+    def own_step_down_path(self, term: Term) -> str:
+        """Where requests for `term` arrive: its slot's under `--max-holders`."""
+        slot = term.slot if self.settings.max_holders > 1 else None
+        return step_down_path(self.settings.prefix, self.settings.election, slot)
 
 
-def step_down_path(root: str, election: str) -> str:
+def step_down_path(root: str, election: str, slot: int | None = None) -> str:
     """Where a step-down request for `election` lives: outside the candidate queue, under a
     name no election can have ('@' is not allowed in election names), so `etcdctl elect`,
-    kazoo's contenders and `status` never take it for a candidate or an election."""
-    return f"{root}/{STEP_DOWN_DIR}/{election}"
+    kazoo's contenders and `status` never take it for a candidate or an election. Under
+    `--max-holders` each slot has its own (`<election>@<slot>`), watched by its holder."""
+    name = election if slot is None else f"{election}@{slot}"
+    return f"{root}/{STEP_DOWN_DIR}/{name}"
 
 
 STEP_DOWN_DIR = "@step-down"

@@ -41,11 +41,13 @@ from leaderrun.backends import (
     Flag,
     LeaseClock,
     Term,
+    check_max_holders,
+    election_holders,
     step_down_path,
     woken_by,
 )
-from leaderrun.errors import BackendRefused, BackendUnreachable
-from leaderrun.record import describe_requester, requested_token
+from leaderrun.errors import BackendRefused, BackendUnreachable, UsageError
+from leaderrun.record import describe_requester, requested_token, with_fields
 from leaderrun.settings import ELECTION_NAME, Settings
 
 log = logging.getLogger(__name__)
@@ -396,6 +398,10 @@ class EtcdBackend(Backend):
     # -- the election -------------------------------------------------------------------------
 
     def campaign(self, value: bytes, cancel: Flag) -> EtcdTerm | None:
+        try:
+            self._check_queue(cancel)
+        except Cancelled:
+            return None
         while not cancel.is_set():
             try:
                 term = self._new_term(cancel)
@@ -408,7 +414,7 @@ class EtcdBackend(Backend):
                     lambda t=term: self.client.put(t.key, value, lease=t.lease_id),  # type: ignore[misc]
                     cancel=cancel,
                 )
-                token = self._wait_until_first(term, cancel)
+                token = self._wait_until_first(term, value, cancel)
             except Cancelled:
                 token = None
             except BackendUnreachable as exc:
@@ -416,6 +422,9 @@ class EtcdBackend(Backend):
                     self._withdraw(term)
                     raise
                 token = None
+            except UsageError:  # a candidate with another --max-holders queued ahead meanwhile
+                self._withdraw(term)
+                raise
             if token is not None:
                 term.token = token
                 self._start(term, "leader-watch", self._watch_own_key)
@@ -429,12 +438,10 @@ class EtcdBackend(Backend):
         term.lose("withdrawn")
         self._revoke(term.lease_id, until=time.monotonic() + self.rpc_timeout)
 
-    def _wait_until_first(self, term: EtcdTerm, cancel: Flag) -> int | None:
-        """Block until our key has the lowest create revision; its revision, or None when our
-        lease or key vanished while waiting (the caller then queues again with a new term)."""
-        ahead_key: str | None = None
-        while not term.lost.is_set():
-            queue_now = self._call(
+    def _queue(self, cancel: Flag | None = None) -> list[tuple[Any, Any]]:
+        """The election's candidate keys with their values, oldest first."""
+        return list(
+            self._call(
                 lambda: list(
                     self.client.get_prefix(
                         self.key_prefix, sort_order="ascend", sort_target="create"
@@ -442,36 +449,107 @@ class EtcdBackend(Backend):
                 ),
                 cancel=cancel,
             )
+        )
+
+    def _check_queue(self, cancel: Flag) -> None:
+        """Refuse, before writing anything, an election whose candidates use another N."""
+        queue = self._queue(cancel)
+        check_max_holders(
+            self.settings, (Candidate(m.key.decode(), 0, bytes(v)) for v, m in queue)
+        )
+
+    def _wait_until_first(self, term: EtcdTerm, value: bytes, cancel: Flag) -> int | None:
+        """Block until our key is among the `--max-holders` lowest create revisions; its
+        revision, or None when our lease or key vanished while waiting (the caller then
+        queues again with a new term).
+
+        Who watches what (no thundering herd): with N = 1 a waiter watches the key just
+        ahead of it for deletion. With N > 1 the first waiter watches the election for any
+        deletion (a holder leaving frees a slot), and every later waiter watches the key just
+        ahead of it for any change: that key either leaves or, becoming a holder, writes its
+        slot (`_claim_slot`), which wakes the next one in turn.
+        """
+        holders = self.settings.max_holders
+        ahead_key: str | None = None
+        while not term.lost.is_set():
+            queue_now = self._queue(cancel)
             mine = [meta for _, meta in queue_now if meta.key.decode() == term.key]
             if not mine:
                 log.warning("our candidate key %s vanished while waiting; queueing again", term.key)
                 return None
             token = int(mine[0].create_revision)
             ahead = [(v, meta) for v, meta in queue_now if meta.create_revision < token]
-            if not ahead:
+            check_max_holders(
+                self.settings, (Candidate(m.key.decode(), 0, bytes(v)) for v, m in ahead)
+            )
+            if len(ahead) < holders:
+                if holders > 1:
+                    term.token = token
+                    return token if self._claim_slot(term, value, cancel) else None
                 return token
-            value, meta = ahead[-1]
+            value_ahead, meta = ahead[-1]
             key = meta.key.decode()
             if key != ahead_key:
                 ahead_key = key
-                self.on_waiting(Candidate(key, int(meta.create_revision), bytes(value)))
-            self._wait_deleted(key, meta.response_header.revision, cancel, term.lost)
+                self.on_waiting(Candidate(key, int(meta.create_revision), bytes(value_ahead)))
+            seen = meta.response_header.revision
+            if holders == 1:
+                self._wait_deleted(key, seen, cancel, term.lost)
+            elif len(ahead) == holders:
+                self._wait_deleted(self.key_prefix, seen, cancel, term.lost, prefix=True)
+            else:
+                self._wait_deleted(key, seen, cancel, term.lost, any_change=True)
         return None
 
+    def _claim_slot(self, term: EtcdTerm, value: bytes, cancel: Flag) -> bool:
+        """Take the lowest slot no other holder has, by writing it into our value.
+
+        Two holders promoted at once could pick the same slot: the write is a transaction on
+        the other holders' mod revisions as read, so of two concurrent claims one fails (the
+        other's write changed a revision it compared) and reads again. False when our key is
+        gone (the term ended)."""
+        txn = self.client.transactions
+        holders = self.settings.max_holders
+        while not term.lost.is_set():
+            queue_now = self._queue(cancel)
+            keys = [meta.key.decode() for _, meta in queue_now[:holders]]
+            if term.key not in keys:
+                return False
+            others = [(v, m) for v, m in queue_now[:holders] if m.key.decode() != term.key]
+            taken = {Candidate(m.key.decode(), 0, bytes(v)).slot for v, m in others}
+            term.slot = min(set(range(holders)) - taken)
+            claimed = with_fields(value, slot=term.slot)
+            compare = [txn.create(term.key) == term.token] + [
+                txn.mod(m.key.decode()) == m.mod_revision for _, m in others
+            ]
+            succeeded, _ = self._call(
+                lambda c=compare, v=claimed: self.client.transaction(  # type: ignore[misc]
+                    compare=c, success=[txn.put(term.key, v, lease=term.lease_id)], failure=[]
+                ),
+                cancel=cancel,
+            )
+            if succeeded:
+                return True
+        return False
+
     def _wait_deleted(
-        self, key: str, seen_revision: int, *ends: Flag, any_change: bool = False
+        self,
+        key: str,
+        seen_revision: int,
+        *ends: Flag,
+        any_change: bool = False,
+        prefix: bool = False,
     ) -> bool:
-        """Wait for a DELETE of `key` (with `any_change`, any change) after `seen_revision` (so
-        no event between the read and the watch is missed), or until one of `ends` is set.
-        True when it happened; a broken watch returns False after a short cancellable pause
-        (the caller reads again)."""
+        """Wait for a DELETE of `key` (with `any_change`, any change; with `prefix`, of any key
+        under it) after `seen_revision` (so no event between the read and the watch is
+        missed), or until one of `ends` is set. True when it happened; a broken watch returns
+        False after a short cancellable pause (the caller reads again)."""
         woken = threading.Event()
         watch = WatchedKey(woken, any_change)
+        add = self.client.add_watch_prefix_callback if prefix else self.client.add_watch_callback
         try:
             watch_id = self._call(
-                lambda: self.client.add_watch_callback(
-                    key, watch, start_revision=seen_revision + 1
-                ),
+                lambda: add(key, watch, start_revision=seen_revision + 1),
                 cancel=ends[0],
             )
         except BackendUnreachable:
@@ -506,7 +584,7 @@ class EtcdBackend(Backend):
 
     def _watch_step_down(self, term: EtcdTerm) -> None:
         """Hand over when `step-down` asks this term to; clean up a request for another term."""
-        path = step_down_path(self.settings.prefix, self.settings.election)
+        path = self.own_step_down_path(term)
         while not term.lost.is_set() and not self.closed.is_set():
             try:
                 request, meta = self._call(lambda: self.client.get(path), cancel=term.lost)
@@ -648,25 +726,39 @@ class EtcdBackend(Backend):
             Candidate(meta.key.decode("utf-8", "replace"), int(meta.create_revision), bytes(value))
             for value, meta in found
         ]
-        if candidates:
-            lease = found[0][1].lease_id
-            ttl = self._call(lambda: self.client.get_lease_info(lease)).TTL if lease else None
-            leader = candidates[0]
-            candidates[0] = Candidate(leader.key, leader.token, leader.value, ttl_left=ttl)
+        holders = election_holders(candidates)
+        for index, (_, meta) in enumerate(found[:holders]):
+            lease = meta.lease_id
+            ttl = (
+                self._call(lambda i=lease: self.client.get_lease_info(i)).TTL  # type: ignore[misc]
+                if lease
+                else None
+            )
+            held = candidates[index]
+            candidates[index] = Candidate(held.key, held.token, held.value, ttl_left=ttl)
         record, _ = self._call(lambda: self.client.get(path))
         request, _ = self._call(
             lambda: self.client.get(step_down_path(self.settings.prefix, election))
         )
+        by_slot: dict[int, bytes] = {}
+        if holders > 1:
+            slot_prefix = step_down_path(self.settings.prefix, election) + "@"
+            for value, meta in self._call(lambda: list(self.client.get_prefix(slot_prefix))):
+                slot = meta.key.decode()[len(slot_prefix) :]
+                if slot.isdigit():
+                    by_slot[int(slot)] = bytes(value)
         return ElectionView(
             election,
             tuple(candidates),
             bytes(record) if record else None,
             step_down=bytes(request) if request else None,
+            max_holders=holders,
+            step_downs=by_slot,
         )
 
     def request_step_down(self, election: str, leader: Candidate, request: bytes) -> bool:
         txn = self.client.transactions
-        path = step_down_path(self.settings.prefix, election)
+        path = step_down_path(self.settings.prefix, election, leader.slot)
         succeeded, _ = self._call(
             lambda: self.client.transaction(
                 compare=[txn.create(leader.key) == leader.token],
@@ -676,19 +768,21 @@ class EtcdBackend(Backend):
         )
         return bool(succeeded)
 
-    def withdraw_step_down(self, election: str, request: bytes) -> None:
+    def withdraw_step_down(self, election: str, request: bytes, slot: int | None = None) -> None:
         txn = self.client.transactions
-        path = step_down_path(self.settings.prefix, election)
+        path = step_down_path(self.settings.prefix, election, slot)
         self._call(
             lambda: self.client.transaction(
                 compare=[txn.value(path) == request], success=[txn.delete(path)], failure=[]
             )
         )
 
-    def force_step_down(self, election: str) -> Candidate | None:
-        leader = self.view(election).leader
-        if leader is None:
+    def force_step_down(self, election: str, slot: int | None = None) -> Candidate | None:
+        view = self.view(election)
+        held = [c for c in view.holders if slot is None or c.slot == slot]
+        if not held:
             return None
+        leader = held[0]
         txn = self.client.transactions
         self._call(
             lambda: self.client.transaction(
