@@ -119,6 +119,10 @@ ROWS: tuple[Row, ...] = (
         ETCDCTL_LOCK, "<= 200 ms", at_most(0.200)),
     Row("fifty", f"50 candidates {TIMES} 0.2 s job, started at once: total wall (etcd)",
         ETCDCTL_LOCK, f"<= 1.1{TIMES} peer", at_most_times(1.1)),
+    Row("churn3-etcd", f"20 candidates {TIMES} 0.2 s job, --max-holders 3: total wall (etcd)",
+        "xargs -P 3 (floor)", f"<= 2.5{TIMES} peer", at_most_times(2.5)),
+    Row("churn3-zk", "same on ZooKeeper",
+        "xargs -P 3 (floor)", f"<= 2.5{TIMES} peer", at_most_times(2.5)),
     Row("true-wall", "`leaderrun -- true` (console script), uncontended etcd: wall",
         "python floor (pyetcd)", f"<= 1.7{TIMES} peer", at_most_times(1.7)),
     Row("true-cpu", "same: CPU user+sys",
@@ -658,10 +662,13 @@ def sigkill_handovers(pairs: Sequence[Pair], cap: float) -> list[tuple[float, bo
     return [r for r in results if r is not None]
 
 
-def fifty(tool: Contender, name: str, procs: Procs, n: int = 50, cap: float = 120) -> float:
+def fifty(
+    tool: Contender, name: str, procs: Procs, n: int = 50, cap: float = 120, *opts: str
+) -> float:
     """Wall time from starting the first of n candidates (job `sleep 0.2`) to the last exit."""
     since = time.monotonic()
-    runs = [procs.start(tool.argv(name, ("sleep", "0.2")), name=f"c{i}") for i in range(n)]
+    argv = tool.argv(name, ("sleep", "0.2"), None, *opts)
+    runs = [procs.start(argv, name=f"c{i}") for i in range(n)]
     pending, last_change = set(range(n)), time.monotonic()
     while pending:
         now = time.monotonic()

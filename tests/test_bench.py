@@ -13,6 +13,7 @@ import contextlib
 import math
 import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -181,6 +182,33 @@ def test_bench_fifty_candidates(
 
         table.measure("fifty", side, measure)
     table.fail_on_errors("fifty")
+
+
+@pytest.mark.parametrize("backend", ["etcd", "zk"])
+def test_bench_churn_three_holders(
+    backend: str, request: pytest.FixtureRequest, table: Table, election: str, tmp_path: Path
+) -> None:
+    """20 candidates with `--max-holders 3` started at once, each job `sleep 0.2`: first start
+    to last exit, beside the floor: the same 20 jobs three at a time with no coordination."""
+    server = request.getfixturevalue(backend)
+    store = EtcdStore(server) if isinstance(server, EtcdCluster) else ZkStore(server)
+    key = f"churn3-{backend}"
+
+    def measure_ours() -> Cell:
+        with cell_procs(tmp_path, "leaderrun") as procs:
+            took = fifty(Leaderrun(store), election, procs, 20, 120, "--max-holders", "3")
+        return summary([took])
+
+    def measure_floor() -> Cell:
+        since = time.monotonic()
+        subprocess.run(
+            "seq 20 | xargs -P 3 -I{} sleep 0.2", shell=True, check=True, timeout=60
+        )
+        return summary([time.monotonic() - since])
+
+    table.measure(key, "leaderrun", measure_ours)
+    table.measure(key, "peer", measure_floor)
+    table.fail_on_errors(key)
 
 
 def test_bench_true(etcd: EtcdCluster, table: Table, election: str, tmp_path: Path) -> None:
