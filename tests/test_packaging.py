@@ -84,7 +84,7 @@ def test_changelog_has_this_version_and_the_first() -> None:
     text = (ROOT / "CHANGELOG.md").read_text()
     headings = re.findall(r"(?m)^## (\d+\.\d+\.\d+)\b", text)
     assert headings[:2] == ["0.2.0", "0.1.0"]
-    assert leaderrun.__version__ in headings
+    assert leaderrun.__version__ == headings[0], "the newest CHANGELOG entry is this version"
 
 
 # -- the wheel ------------------------------------------------------------------------------
