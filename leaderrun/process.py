@@ -360,12 +360,18 @@ def _spawn_in(
         )
     except OSError as exc:
         if cgroup is not None:
-            cgroup.remove()
+            _step_out(own, cgroup)
+            cgroup.remove()  # once we are out of it: a cgroup with a member cannot go
         raise _exec_error(command[0], exc.errno or errno.EINVAL) from None
-    finally:
-        if cgroup is not None and own is not None and not _move_self(own):
-            log.error("cannot move leaderrun back out of cgroup %s", cgroup.path)
+    if cgroup is not None:
+        _step_out(own, cgroup)
     return cgroup, pid
+
+
+def _step_out(own: str | None, cgroup: Cgroup) -> None:
+    """Back into our own cgroup after spawning from inside the term's."""
+    if own is not None and not _move_self(own):
+        log.error("cannot move leaderrun back out of cgroup %s", cgroup.path)
 
 
 def _close_on_exec_above_stdio() -> None:
