@@ -61,16 +61,25 @@ SHORT_SEED = "1201"
 
 
 def _nemesis_run(
-    store: EtcdCluster | ZkEnsemble, tmp_path: Path, seconds: float, seed: str, name: str
+    store: EtcdCluster | ZkEnsemble,
+    tmp_path: Path,
+    seconds: float,
+    seed: str,
+    name: str,
+    holders: int = 1,
 ) -> Result:
+    """k = holders + 2 candidates under random faults; with `holders` > 1 they run with
+    `--max-holders` and the checker applies the semaphore's rule (per slot, at most N)."""
     adapter = StoreAdapter(store)
     faults = faults_from_env(DEFAULT_FAULTS + PARTITION_FAULTS)
+    k = holders + 2
     parts = None
     if any(f in PARTITION_FAULTS for f in faults):
         scheme = store.backend_url.split("://", 1)[0]
-        parts = Partitions(scheme, [m.endpoint for m in store.members], ["c0", "c1", "c2"])
+        endpoints = [m.endpoint for m in store.members]
+        parts = Partitions(scheme, endpoints, [f"c{i}" for i in range(k)])
     nem = Nemesis(
-        adapter, tmp_path, seed, seconds, faults=faults,
+        adapter, tmp_path, seed, seconds, faults=faults, k=k, holders=holders,
         backend_for=parts.backend_for if parts else None,
         partitioner=parts.partition if parts else None,
     )  # fmt: skip
@@ -126,6 +135,35 @@ def test_nemesis_short(backend: str, tmp_path: Path) -> None:
     seed = os.environ.get("CHAOS_SEED", SHORT_SEED)
     try:
         result = _nemesis_run(store, tmp_path, seconds, seed, f"{backend}-short")
+    finally:
+        store.stop()
+    _assert_clean(result)
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(0)
+@pytest.mark.parametrize("backend", ["etcd", "zk"])
+def test_nemesis_long_max_holders(backend: str, tmp_path: Path) -> None:
+    """Half of CHAOS_SECONDS of random faults on 4 candidates with `--max-holders 2`: never two
+    terms of one slot at once, never more than two terms at once."""
+    store = _etcd3(tmp_path) if backend == "etcd" else _zk3(tmp_path)
+    seconds = chaos_seconds(300) / 2
+    try:
+        result = _nemesis_run(store, tmp_path, seconds, chaos_seed(), f"{backend}-n2", holders=2)
+    finally:
+        store.stop()
+    _assert_clean(result)
+
+
+@pytest.mark.nemesis_short
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("backend", ["etcd", "zk"])
+def test_nemesis_short_max_holders(backend: str, tmp_path: Path) -> None:
+    """The CI run of `--max-holders 2`: 45 s of seeded faults per backend."""
+    store = _etcd3(tmp_path) if backend == "etcd" else _zk3(tmp_path)
+    seed = os.environ.get("CHAOS_SEED", SHORT_SEED)
+    try:
+        result = _nemesis_run(store, tmp_path, 45, seed, f"{backend}-n2-short", holders=2)
     finally:
         store.stop()
     _assert_clean(result)

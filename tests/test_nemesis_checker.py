@@ -17,8 +17,10 @@ from nemesis.harness import Nemesis, StoreAdapter
 from servers import EtcdCluster
 
 
-def _write(records: Path, cand: str, token: int, pid: int, kind: str, times: list[float]) -> None:
-    lines = [f"S {times[0]:.6f} {token} {pid} 1 {kind} -"]
+def _write(
+    records: Path, cand: str, token: int, pid: int, kind: str, times: list[float], slot: int = 0
+) -> None:
+    lines = [f"S {times[0]:.6f} {token} {pid} 1 {kind} - {slot}"]
     lines += [f"H {t:.6f}" for t in times[1:]]
     (records / f"{cand}.{token}.{pid}.{kind}").write_text("\n".join(lines) + "\n")
 
@@ -48,6 +50,28 @@ def test_tokens_must_grow_with_terms(tmp_path: Path) -> None:
     _write(tmp_path, "c1", 5, 200, "child", [1.5, 2.0])
     res = checker.check(checker.load(tmp_path), [], 0, 3)
     assert [v.kind for v in res.violations] == ["token-order"]
+
+
+def test_semaphore_terms_of_distinct_slots_may_overlap(tmp_path: Path) -> None:
+    _write(tmp_path, "c0", 5, 100, "child", [0.0, 3.0], slot=0)
+    _write(tmp_path, "c1", 6, 200, "child", [0.5, 2.0], slot=1)
+    _write(tmp_path, "c2", 8, 300, "child", [2.5, 4.0], slot=1)
+    res = checker.check(checker.load(tmp_path), [], 0, 5, holders=2)
+    assert res.ok and res.terms == 3
+    assert [v.kind for v in checker.check(checker.load(tmp_path), [], 0, 5).violations] == [
+        "overlap",
+        "overlap",
+    ], "the same records break the election's rule"
+
+
+def test_semaphore_slot_overlap_and_over_capacity_are_violations(tmp_path: Path) -> None:
+    _write(tmp_path, "c0", 5, 100, "child", [0.0, 3.0], slot=0)
+    _write(tmp_path, "c1", 6, 200, "child", [0.5, 3.0], slot=1)
+    _write(tmp_path, "c2", 8, 300, "child", [1.0, 2.0], slot=1)
+    res = checker.check(checker.load(tmp_path), [], 0, 5, holders=2)
+    assert sorted(v.kind for v in res.violations) == ["over-capacity", "overlap"]
+    overlap = next(v for v in res.violations if v.kind == "overlap")
+    assert overlap.tokens == (6, 8)
 
 
 @pytest.mark.timeout(120)

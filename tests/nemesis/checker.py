@@ -4,7 +4,9 @@ fault log, never leaderrun's output.
 A job is "alive" from its first record to its last one (heartbeats are discrete, ~20 ms apart,
 so this under-estimates a life by at most one period: an overlap it reports is real). Any two
 jobs (children or grandchildren) of *different* terms (fencing tokens) whose lives overlap by
-more than 0 s are a violation. Terms, ordered by the start of their first job, must carry
+more than 0 s are a violation. Under `--max-holders N` (`holders`), the rule is the semaphore's:
+two terms of the same slot must not overlap, and no more than N terms may be alive at once.
+Terms, ordered by the start of their first job (per slot), must carry
 strictly increasing tokens. It also measures availability (share of the run during which some
 job was alive) and, per fault type, the leaderless gap that followed each fault.
 """
@@ -33,6 +35,7 @@ class Life:
     last: float
     ended: str | None  # "done", "SIGTERM", or None (killed, or still running)
     path: str = ""
+    slot: int = 0
 
     @property
     def label(self) -> str:
@@ -52,7 +55,7 @@ class Fault:
 
 @dataclass
 class Violation:
-    kind: str  # "overlap" or "token-order"
+    kind: str  # "overlap", "over-capacity" or "token-order"
     message: str
     overlap: float = 0.0
     candidates: tuple[str, ...] = ()
@@ -125,8 +128,9 @@ def parse(path: Path) -> Life | None:
         if parts[0] == "E":
             ended = parts[2] if len(parts) > 2 else "?"
     candidate = path.name.split(".", 1)[0]
+    slot = int(head[7]) if len(head) > 7 and head[7].isdigit() else 0
     return Life(candidate, int(head[2]), int(head[3]), head[5], head[6], start, last, ended,
-                str(path))  # fmt: skip
+                str(path), slot)  # fmt: skip
 
 
 def load(records: Path) -> list[Life]:
@@ -165,14 +169,25 @@ def check(
     backend: str = "",
     command: str = "leaderrun",
     gap_slack: float = 0.05,
+    holders: int = 1,
 ) -> Result:
     res = Result(seed, backend, command, t0, t1, lives, faults)
-    # Overlap of different terms: sweep over lives sorted by start.
+    # Overlap of different terms (of one slot, under --max-holders): a sweep by start.
     active: list[Life] = []
     for life in sorted(lives, key=lambda x: x.start):
         active = [a for a in active if a.last > life.start]
+        terms_alive = {a.token for a in active} | {life.token}
+        if holders > 1 and len(terms_alive) > holders:
+            res.violations.append(Violation(
+                "over-capacity",
+                f"{life.label} started at +{life.start - t0:.3f}s while {len(terms_alive) - 1} "
+                f"other terms were alive (--max-holders {holders}): tokens "
+                f"{sorted(terms_alive)}",
+                candidates=(life.candidate,), tokens=tuple(sorted(terms_alive)),
+                at=life.start, fault=fault_at(faults, life.start),
+            ))  # fmt: skip
         for other in active:
-            if other.token == life.token:
+            if other.token == life.token or (holders > 1 and other.slot != life.slot):
                 continue
             overlap = min(other.last, life.last) - life.start
             if overlap > 0:
@@ -187,14 +202,20 @@ def check(
                     fault=fault_at(faults, life.start),
                 ))  # fmt: skip
         active.append(life)
-    # Tokens in the order terms began.
+    # Tokens in the order terms began (of each slot: holders of different slots start in any
+    # order, but one slot's terms follow each other).
     first: dict[int, Life] = {}
     for life in lives:
         if life.token not in first or life.start < first[life.token].start:
             first[life.token] = life
     terms = sorted(first.values(), key=lambda x: x.start)
     res.terms = len(terms)
-    for prev, nxt in itertools.pairwise(terms):
+    successive = [
+        pair
+        for slot in sorted({t.slot for t in terms})
+        for pair in itertools.pairwise([t for t in terms if t.slot == slot])
+    ]
+    for prev, nxt in successive:
         if nxt.token <= prev.token:
             res.violations.append(Violation(
                 "token-order",

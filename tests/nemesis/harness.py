@@ -125,6 +125,8 @@ class Nemesis:
     seconds: float
     faults: Sequence[str] = DEFAULT_FAULTS
     k: int = 3
+    #: `--max-holders` of the candidates (the checker then applies the semaphore's rule)
+    holders: int = 1
     command: str = "leaderrun"  # or "etcdctl-lock"
     ttl: int = 5
     kill_grace: str = "1s"
@@ -159,9 +161,10 @@ class Nemesis:
             endpoints = url.split("://", 1)[1]
             return [ETCDCTL_BIN, f"--endpoints={endpoints}", "lock", f"--ttl={self.ttl}",
                     self.election, "--", *self._job(name)]  # fmt: skip
+        holders = ("--max-holders", str(self.holders)) if self.holders > 1 else ()
         return [*LEADERRUN_CMD, "--backend", url, "-e", self.election, "--id", name,
                 "--forever", "--ttl", f"{self.ttl}s", "--kill-grace", self.kill_grace,
-                "--restart-delay", "0.5s", "-v", "--", *self._job(name)]  # fmt: skip
+                "--restart-delay", "0.5s", *holders, "-v", "--", *self._job(name)]  # fmt: skip
 
     def _env(self) -> dict[str, str]:
         if self.command == "etcdctl-lock":
@@ -296,7 +299,7 @@ class Nemesis:
             self.shutdown()
         return checker.check(
             checker.load(self.records), self.fault_log, t0, t1,
-            seed=self.seed, backend=self.store.name, command=self.command,
+            seed=self.seed, backend=self.store.name, command=self.command, holders=self.holders,
         )  # fmt: skip
 
     def shutdown(self) -> None:

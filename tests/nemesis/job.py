@@ -3,11 +3,12 @@
 Run as ``python job.py RECORDS_DIR CANDIDATE SEED``. One file per process under RECORDS_DIR,
 named ``<candidate>.<token>.<pid>.<kind>`` (kind ``child`` or ``grandchild``), with lines
 
-    S <monotonic> <token> <pid> <ppid> <kind> <flags>    once, at start
+    S <monotonic> <token> <pid> <ppid> <kind> <flags> <slot>    once, at start
     H <monotonic>                                         every ~20 ms while alive
     E <monotonic> <reason>                                when it leaves by itself / on SIGTERM
 
-The token comes from ``LEADERRUN_FENCING_TOKEN`` (or ``ETCD_LOCK_REV`` under ``etcdctl lock``).
+The token comes from ``LEADERRUN_FENCING_TOKEN`` (or ``ETCD_LOCK_REV`` under ``etcdctl lock``),
+the slot from ``LEADERRUN_SLOT`` (0 when absent).
 What the job does in a term is drawn from (SEED, candidate, token): sometimes it ignores SIGTERM,
 sometimes it leaves a background grandchild (sometimes in a session of its own) that heartbeats
 too, sometimes it exits by itself after a few seconds. Stdlib only; starts in ~30 ms.
@@ -36,7 +37,10 @@ class Recorder:
     def __init__(self, directory: str, candidate: str, token: int, kind: str, flags: str) -> None:
         path = os.path.join(directory, f"{candidate}.{token}.{os.getpid()}.{kind}")
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self.line(f"S {time.monotonic():.6f} {token} {os.getpid()} {os.getppid()} {kind} {flags}")
+        slot = os.environ.get("LEADERRUN_SLOT", "0")
+        self.line(
+            f"S {time.monotonic():.6f} {token} {os.getpid()} {os.getppid()} {kind} {flags} {slot}"
+        )
 
     def line(self, text: str) -> None:
         os.write(self.fd, (text + "\n").encode())
