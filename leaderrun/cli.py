@@ -209,7 +209,8 @@ def common_options(func: F) -> F:
         ),
         option(
             "--backend", metavar="URL", envvar=_env("backend"), default=DEFAULT_BACKEND,
-            help="etcd://h1:2379,h2:2379, etcds://... (TLS) or zk://h1:2181,h2:2181[/chroot].",
+            help="etcd://h1:2379,h2:2379, etcds://... (TLS), zk://h1:2181,h2:2181[/chroot] "
+            "or zks://h1:2281,...[/chroot] (TLS).",
         ),
         option(
             "--prefix", metavar="PATH", envvar=_env("prefix"), default="/leaderrun",
@@ -230,10 +231,11 @@ def common_options(func: F) -> F:
             default="text", help="Human text, or one JSON object per line.",
         ),
         option("--cacert", metavar="FILE", envvar=_env("cacert"),
-               help="etcd: CA bundle for the server (turns TLS on)."),
+               help="etcd, zks://: CA bundle for the servers (on etcd, turns TLS on)."),
         option("--cert", metavar="FILE", envvar=_env("cert"),
-               help="etcd: client certificate (with --key; turns TLS on)."),
-        option("--key", metavar="FILE", envvar=_env("key"), help="etcd: client certificate's key."),
+               help="etcd, zks://: client certificate (with --key; on etcd, turns TLS on)."),
+        option("--key", metavar="FILE", envvar=_env("key"),
+               help="etcd, zks://: client certificate's key."),
         option("--user", metavar="NAME", envvar=_env("user"),
                help="etcd: user name (password from --password-file or LEADERRUN_PASSWORD)."),
         option(
@@ -243,6 +245,11 @@ def common_options(func: F) -> F:
         option(
             "--zk-auth-file", metavar="FILE", envvar=_env("zk-auth-file"),
             help="ZooKeeper: file holding user:password for digest auth.",
+        ),
+        option(
+            "--zk-tick-time", metavar="DURATION", envvar=_env("zk-tick-time"),
+            help="ZooKeeper ensemble: the servers' tickTime, when their `conf` four-letter "
+            "word is not allowed (default: asked from them).",
         ),
     ]  # fmt: skip
     for decorator in reversed(options):
@@ -549,6 +556,7 @@ def _store_settings(options: dict[str, Any]) -> dict[str, Any]:
         "connect_timeout": parse_duration(options["connect_timeout"], "--connect-timeout"),
         "verbosity": verbosity(options["verbose"], options["quiet"]),
         "log_format": options["log_format"],
+        "zk_tick_time": _optional_duration(options, "zk_tick_time"),
     }
 
 

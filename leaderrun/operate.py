@@ -8,9 +8,11 @@ leader whose value is foreign is still a leader.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
@@ -24,8 +26,9 @@ from leaderrun.settings import Settings
 
 SCHEMA_VERSION = 1
 #: Added fields within schema 1: 1 = `step_down` on each election; 2 = `max_holders` and
-#: `holders` (each with `slot` and `step_down`) on each election.
-SCHEMA_MINOR = 2
+#: `holders` (each with `slot` and `step_down`) on each election; 3 = `last_outcome` on each
+#: election.
+SCHEMA_MINOR = 3
 RAW_PREVIEW = 200
 
 
@@ -89,6 +92,26 @@ def describe_last_run(raw: bytes | None) -> dict[str, Any] | None:
     }
 
 
+def describe_outcome(raw: bytes | None) -> dict[str, Any] | None:
+    """The last run's outcome, of any term (schema 1.3), or None when none was recorded."""
+    if raw is None:
+        return None
+    document = parse_value(raw)
+    if document is None:
+        return {"foreign": True, "raw": raw_preview(raw)}
+    duration, status = document.get("duration"), document.get("status")
+    return {
+        "foreign": False,
+        "id": document["id"],
+        "host": document.get("host"),
+        "token": document.get("token"),
+        "start": iso(document.get("start")),
+        "duration": duration if isinstance(duration, int | float) else None,
+        "status": status if isinstance(status, int) else None,
+        "ended": document.get("ended"),
+    }
+
+
 def describe_step_down(
     view: ElectionView, holder: Candidate | None = None
 ) -> dict[str, Any] | None:
@@ -130,6 +153,7 @@ def describe_election(view: ElectionView) -> dict[str, Any]:
         "holders": holders,
         "waiting": candidates[view.max_holders :],
         "last_run": describe_last_run(view.last_run),
+        "last_outcome": describe_outcome(view.outcome),
     }
 
 
@@ -295,6 +319,40 @@ def last_run_line(last_run: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+#: How a run ended, when leaderrun stopped it (`record.OUTCOME_ENDINGS`), for people.
+ENDINGS = {
+    "lost": "leadership lost",
+    "stepped-down": "stepped down",
+    "stopped": "leaderrun was stopped",
+    "killed": "leaderrun died",
+}
+
+
+def outcome_result(outcome: dict[str, Any]) -> str:
+    """What a run ended with, e.g. `exit 3 after 2.1 s` or `killed by SIGTERM after 40 s,
+    leadership lost`."""
+    status, took = outcome.get("status"), outcome.get("duration")
+    what = "status unknown" if status is None else f"exit {status}"
+    if isinstance(status, int) and status > 128:
+        with suppress(ValueError):  # no such signal: say the number
+            what = f"killed by {signal.Signals(status - 128).name}"
+    if isinstance(took, int | float):
+        what += f" after {span(max(0.0, took))}"
+    why = ENDINGS.get(str(outcome.get("ended")))
+    return f"{what}, {why}" if why else what
+
+
+def outcome_line(outcome: dict[str, Any], prefix: str = "  ", width: int = WIDTH) -> str:
+    """`  last run 12 min ago by node-a: exit 3 after 2.1 s` within `width` (the identity is
+    shortened first)."""
+    if outcome["foreign"]:
+        return shorten(f"{prefix}last run: <foreign record {outcome['raw'][:40]!r}>", width)
+    when = ago(outcome.get("start"))
+    head = f"{prefix}last run {when} by " if when else f"{prefix}last run by "
+    tail = f": {outcome_result(outcome)}"
+    return head + shorten(str(outcome["id"]), max(8, width - len(head) - len(tail))) + tail
+
+
 def print_plain(document: dict[str, Any]) -> None:
     """One line per candidate (the leader's starts with the election's name), per pending
     step-down and per last run; each within WIDTH columns unless the election's name is
@@ -315,6 +373,8 @@ def print_plain(document: dict[str, Any]) -> None:
         if election["last_run"] is not None:
             last = f"  last successful run: {last_run_line(election['last_run'])}"
             print(shorten(last, WIDTH))
+        if leader is None and election.get("last_outcome") is not None:
+            print(outcome_line(election["last_outcome"]))
 
 
 def print_holders(election: dict[str, Any]) -> None:
@@ -347,6 +407,8 @@ def print_table(document: dict[str, Any]) -> None:
         )
         if election["step_down"] is not None:
             leader += f"\n{step_down_line(election['step_down'])}"
+        if election["leader"] is None and election.get("last_outcome") is not None:
+            leader += "\n" + outcome_line(election["last_outcome"], "", 60)
         table.add_row(
             election["name"],
             leader,

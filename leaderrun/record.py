@@ -99,3 +99,38 @@ def describe_requester(request: bytes) -> str:
     document = parse_value(request) or {}
     who, host = document.get("id", "someone"), document.get("host")
     return f"{who}@{host}" if host and host not in str(who) else str(who)
+
+
+#: The outcome record's own format version (`outcome_record`).
+OUTCOME_VERSION = 1
+#: How a run ended (`outcome_record`'s `ended`): by itself, or stopped by leaderrun because
+#: leadership was lost (or at risk), `step-down` asked, leaderrun was asked to stop (a signal
+#: it forwarded), or leaderrun's main process died (the child was killed).
+OUTCOME_ENDINGS = ("exited", "lost", "stepped-down", "stopped", "killed")
+
+
+def outcome_record(
+    token: int, identity: str, start: float, duration: float, status: int, ended: str
+) -> bytes:
+    """What every run ended with, for `status`: the term (`token`), who ran it, when it
+    started (wall clock), how long the child ran (seconds), the child's own status (128+N
+    for signal N) and how it ended (`OUTCOME_ENDINGS`). Unlike the `--once-per` record, it
+    is written after the release, for failed runs too."""
+    document = {
+        "v": OUTCOME_VERSION,
+        "token": token,
+        "id": identity,
+        "host": socket.gethostname(),
+        "start": start,
+        "duration": round(duration, 3),
+        "status": status,
+        "ended": ended,
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def outcome_token(record: bytes | None) -> int | None:
+    """The term an outcome record is of, or None for anything else (foreign, damaged)."""
+    document = parse_value(record) if record else None
+    token = document.get("token") if document else None
+    return token if isinstance(token, int) and not isinstance(token, bool) else None

@@ -25,24 +25,30 @@ DURATION = re.compile(rf"(?:{DURATION_PART.pattern})+")
 UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION = 7 * 24 * 3600.0
 KILL_LEAD = 0.25
-DEFAULT_PORTS = {"etcd": 2379, "etcds": 2379, "zk": 2181}
+#: zks:// defaults to 2281, the secureClientPort of ZooKeeper's own TLS examples.
+DEFAULT_PORTS = {"etcd": 2379, "etcds": 2379, "zk": 2181, "zks": 2281}
 #: Other names of a scheme, mapped before anything looks the scheme up.
 SCHEME_ALIASES = {"zookeeper": "zk"}
 
 #: Which backend-specific options each URL scheme uses (click parameter names). An option given
 #: with a scheme that does not use it is a usage error naming it, so `zk://... --user` cannot run
 #: in plaintext without a word. Schemes not listed here (third-party backends) are not checked.
-#: A new scheme or a new option is one line here (e.g. `"zks": ZK_AUTH | TLS_FILES`).
+#: A new scheme or a new option is one line here (as `"zks": ZK_AUTH | TLS_FILES` is).
+#: `zk://` stays plaintext: TLS to ZooKeeper is `zks://`, so the TLS files are not `zk://`'s.
 TLS_FILES = frozenset({"cacert", "cert", "key"})
 ETCD_AUTH = frozenset({"user", "password_file"})
 ZK_AUTH = frozenset({"zk_auth_file"})
+#: `--zk-tick-time`: the ensemble's tickTime, which bounds how old a renewal must be before a
+#: follower's answer proves the ensemble leader heard of it (docs/backends.md); not etcd's.
+ZK_TICK = frozenset({"zk_tick_time"})
 #: The largest `--max-holders`: every waiter reads the whole queue, so N stays small.
 MAX_HOLDERS = 1024
 
 SCHEME_OPTIONS: dict[str, frozenset[str]] = {
     "etcd": TLS_FILES | ETCD_AUTH,
     "etcds": TLS_FILES | ETCD_AUTH,
-    "zk": ZK_AUTH,
+    "zk": ZK_AUTH | ZK_TICK,
+    "zks": ZK_AUTH | ZK_TICK | TLS_FILES,
 }
 BACKEND_OPTIONS = frozenset().union(*SCHEME_OPTIONS.values())
 
@@ -196,7 +202,7 @@ def parse_backend_url(text: str) -> BackendURL:
 
 
 #: A scheme with `://` mistyped (`zk//h`, `zk:/h`, `etcd:h`), and a bare `host:port` list.
-MISTYPED_SCHEME = re.compile(r"(?i)(?P<scheme>etcds?|zk|zookeeper)(?P<sep>[:/]+)(?P<rest>.*)")
+MISTYPED_SCHEME = re.compile(r"(?i)(?P<scheme>etcds?|zks?|zookeeper)(?P<sep>[:/]+)(?P<rest>.*)")
 BARE_HOSTS = re.compile(r"[A-Za-z0-9._\-\[\]:,]+(?:/[A-Za-z0-9._\-][A-Za-z0-9._/\-]*)?")
 
 
@@ -250,6 +256,9 @@ class Timing:
     ttl: float
     kill_grace: float
     renew_interval: float
+    #: False when the renew interval is the default (TTL/4): a backend may then shorten it
+    #: where the store needs more room (a ZooKeeper ensemble's sync bound).
+    renew_given: bool = True
 
     @property
     def safety(self) -> float:
@@ -281,7 +290,12 @@ class Timing:
 
     def with_granted_ttl(self, granted: float) -> Timing:
         """The server may grant another TTL than asked; the rule uses what it granted."""
-        return Timing(ttl=granted, kill_grace=self.kill_grace, renew_interval=self.renew_interval)
+        return Timing(
+            ttl=granted,
+            kill_grace=self.kill_grace,
+            renew_interval=self.renew_interval,
+            renew_given=self.renew_given,
+        )
 
 
 @dataclass(frozen=True)
@@ -296,7 +310,7 @@ class Security:
     zk_auth: str | None = field(default=None, repr=False)  # "user:password" for digest auth
 
     def wants_tls(self, scheme: str) -> bool:
-        return scheme == "etcds" or any((self.cacert, self.cert, self.key))
+        return scheme in ("etcds", "zks") or any((self.cacert, self.cert, self.key))
 
 
 def read_secret_file(path: str, option: str) -> tuple[str, bool]:
@@ -351,6 +365,9 @@ class Settings:
     restart_delay: float = 1.0
     metrics_addr: str | None = None
     security: Security = field(default_factory=Security)
+    #: `--zk-tick-time`: a ZooKeeper ensemble's tickTime, when the servers do not tell it
+    #: (`conf`); None: ask them.
+    zk_tick_time: float | None = None
 
     @property
     def election_path(self) -> str:
@@ -362,6 +379,7 @@ def build_timing(ttl: float, kill_grace: float, renew_interval: float | None) ->
         ttl=ttl,
         kill_grace=kill_grace,
         renew_interval=renew_interval if renew_interval is not None else ttl / 4,
+        renew_given=renew_interval is not None,
     )
     timing.check()
     return timing

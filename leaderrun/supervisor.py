@@ -32,11 +32,25 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from leaderrun import events, metrics, process
-from leaderrun.backends import Backend, Cancelled, Candidate, Flag, Term, backend_class
-from leaderrun.errors import BackendUnreachable, ExitCode, signal_exit_code
+from leaderrun.backends import (
+    OUTCOME_TIMEOUT,
+    Backend,
+    Cancelled,
+    Candidate,
+    Flag,
+    Term,
+    backend_class,
+)
+from leaderrun.errors import (
+    BackendUnreachable,
+    CommandNotExecutable,
+    CommandNotFound,
+    ExitCode,
+    signal_exit_code,
+)
 from leaderrun.guard import GuardLink
 from leaderrun.log import event
-from leaderrun.record import candidate_value, parse_value
+from leaderrun.record import candidate_value, outcome_record, parse_value
 from leaderrun.settings import KILL_LEAD, Settings, Timing
 
 log = logging.getLogger("leaderrun")
@@ -163,6 +177,8 @@ class Supervisor:
         self.handover_started: float | None = None
         #: `/healthz` pokes `pings`; the loop answers by setting `pong` wherever it waits.
         self.child_started_at = 0.0
+        #: The child's own status once its term's tree is gone (for the outcome record).
+        self.child_status: int | None = None
         self.pings = events.Wakeup()
         self.pong = threading.Event()
         self.role = "starting"
@@ -420,6 +436,7 @@ class Supervisor:
                 term.token,
                 extra=event("elected", token=term.token),
             )
+        outcome: bytes | None = None
         try:
             if self._ran_recently(term):
                 self.skipped = True
@@ -429,13 +446,23 @@ class Supervisor:
             if not self._still_safe_to_start(term):
                 return ExitCode.LOST
             started = time.time()
-            status = self._lead(term)
+            try:
+                status = self._lead(term)
+            except (CommandNotFound, CommandNotExecutable) as exc:
+                # The exec failed (e.g. a script without #!): a run too, of no time, 126/127.
+                outcome = outcome_record(
+                    term.token, self.settings.identity, started, 0.0, int(exc.exit_code), "exited"
+                )
+                raise
+            outcome = self._outcome(term, started, status)
             if status == 0 and self.settings.once_per is not None:
                 self._record_run(term, started)
             return status
         finally:
             self._release(term)
             self.term = None
+            if outcome is not None:
+                self._record_outcome(term, outcome)
 
     def _still_safe_to_start(self, term: Term) -> bool:
         """Between election and spawn the store was asked things; lead only if nothing was lost
@@ -493,6 +520,7 @@ class Supervisor:
             child.close()
         self.guard.send("tree_gone")
         own_status = child.exit_status()
+        self.child_status = own_status
         metrics.child_exited(self.settings.election, status if own_status is None else own_status)
         return status
 
@@ -774,6 +802,50 @@ class Supervisor:
                 "could not record the successful run: leadership was lost before it was written",
                 extra=event("record_failed"),
             )
+
+    # -- every run's outcome (`status`) -------------------------------------------------------
+
+    def _outcome(self, term: Term, started: float, status: int) -> bytes:
+        """What this run ended with, built before the release (while `term.lost` still tells
+        a lost term from a released one), written after it (`_record_outcome`)."""
+        if self.handover_started is not None:
+            ended = "stepped-down"
+        elif status == ExitCode.LOST and term.lost.is_set():
+            ended = "lost"
+        elif self.stop_signal == signal.SIGKILL:
+            ended = "killed"  # our guard died: the child was killed
+        elif self.stop_signal is not None:
+            ended = "stopped"
+        else:
+            ended = "exited"
+        return outcome_record(
+            token=term.token,
+            identity=self.settings.identity,
+            start=started,
+            duration=time.monotonic() - self.child_started_at,
+            status=status if self.child_status is None else self.child_status,
+            ended=ended,
+        )
+
+    def _record_outcome(self, term: Term, record: bytes) -> None:
+        """After the release, so the next leader never waits for it: a bounded, best-effort
+        write (a failure is logged at debug level and changes nothing, exit code included).
+        A stop signal meanwhile ends it at once and is acted on as usual."""
+        cancel = Flag()
+        try:
+            written = self._await(
+                lambda: self.backend.record_outcome(
+                    self.settings.election, term.token, record, cancel
+                ),
+                cancel,
+                give_up_at=time.monotonic() + OUTCOME_TIMEOUT,
+                grace=0.5,
+            )
+        except Exception as exc:  # best effort: the run happened whatever the store says
+            log.debug("could not record the run's outcome: %s", exc or type(exc).__name__)
+            return
+        if not written:
+            log.debug("did not record the run's outcome: a later term's is there already")
 
     # -- health ------------------------------------------------------------------------------
 

@@ -535,6 +535,10 @@ class EtcdCluster:
 # -- ZooKeeper ---------------------------------------------------------------------------------
 
 ZK_JAR = Path("/usr/share/java/zookeeper.jar")
+ZK_NETTY_JARS = (
+    Path("/usr/share/java/netty-codec.jar"),
+    Path("/usr/share/java/netty-resolver.jar"),
+)
 #: An slf4j binding so the server logs somewhere (its own file) instead of warning about none.
 _SLF4J_BINDINGS = ("slf4j-simple.jar", "slf4j-nop.jar")
 #: tickTime of the test servers: sessions of 1 s .. 120 s are granted as asked (SPEC tests use
@@ -603,6 +607,8 @@ class ZkMember(ServerProcess):
         self.tick_ms = tick_ms
         self.min_session_ms = min_session_ms if min_session_ms is not None else 2 * tick_ms
         self.max_session_ms = max_session_ms
+        #: More zoo.cfg lines (TLS: `serverCnxnFactory`, `secureClientPort`, `ssl.*`).
+        self.extra_config: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.frozen = False
         self._log: IO[bytes] | None = None
@@ -628,11 +634,15 @@ class ZkMember(ServerProcess):
         ]
         if self.servers:
             lines.append(self.servers)
+        lines += self.extra_config
         self.config_path.write_text("\n".join(lines) + "\n")
         (self.data_dir / "myid").write_text(f"{self.sid}\n")
 
     def argv(self) -> list[str]:
-        classpath = f"{ZK_JAR}:{_slf4j_binding()}"
+        # zookeeper.jar's manifest names netty's transport and handler jars, not the codec
+        # and resolver ones they need: NettyServerCnxnFactory (TLS) fails without them.
+        netty = [p for p in ZK_NETTY_JARS if p.exists()]
+        classpath = ":".join(map(str, [ZK_JAR, _slf4j_binding(), *netty]))
         return [
             "java",
             *ZK_JVM_OPTS,

@@ -251,25 +251,33 @@ class ZkStore(Store):
             client.close()
 
     def _nodes(self, client: KazooClient, election: str) -> list[tuple[str, bytes, int, int]]:
-        """(path, data, czxid, ephemeral owner) of the election's candidates, in queue order."""
+        """(path, data, czxid, ephemeral owner) of the election's candidates, in queue order;
+        under `--max-holders` (kazoo's Semaphore layout) the lease nodes by czxid, then the
+        lock queue `<election>-__lock__`."""
         path = f"{PREFIX}/{election}"
         try:
             children = client.get_children(path)
         except NoNodeError:
             return []
-        ordered = sorted(
-            (int(m.group(1)), child)
-            for child in children
-            if (m := ZK_CONTENDER.search(child)) is not None
-        )
-        found = []
-        for _, child in ordered:
-            try:
-                data, stat = client.get(f"{path}/{child}")
-            except NoNodeError:
-                continue
-            found.append((f"{path}/{child}", bytes(data), stat.czxid, stat.ephemeralOwner))
-        return found
+        leases = [(path, child) for child in children if not ZK_CONTENDER.search(child)]
+        try:
+            waiting = client.get_children(f"{path}-__lock__")
+        except NoNodeError:
+            waiting = []
+        ordered = []
+        for parent, names in ((path, children), (f"{path}-__lock__", waiting)):
+            queue = [(int(m.group(1)), n) for n in names if (m := ZK_CONTENDER.search(n))]
+            ordered += [(parent, child) for _, child in sorted(queue)]
+        found: list[list[tuple[str, bytes, int, int]]] = [[], []]
+        for index, nodes in enumerate((leases, ordered)):
+            for parent, child in nodes:
+                try:
+                    data, stat = client.get(f"{parent}/{child}")
+                except NoNodeError:
+                    continue
+                node = (f"{parent}/{child}", bytes(data), stat.czxid, stat.ephemeralOwner)
+                found[index].append(node)
+        return sorted(found[0], key=lambda node: node[2]) + found[1]
 
     def candidates(self, election: str) -> list[Queued]:
         with self.client() as client:

@@ -159,11 +159,11 @@ def test_nemesis_long_max_holders(backend: str, tmp_path: Path) -> None:
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("backend", ["etcd", "zk"])
 def test_nemesis_short_max_holders(backend: str, tmp_path: Path) -> None:
-    """The CI run of `--max-holders 2`: 45 s of seeded faults per backend."""
+    """The CI run of `--max-holders 2`: 30 s of seeded faults per backend."""
     store = _etcd3(tmp_path) if backend == "etcd" else _zk3(tmp_path)
     seed = os.environ.get("CHAOS_SEED", SHORT_SEED)
     try:
-        result = _nemesis_run(store, tmp_path, 45, seed, f"{backend}-n2-short", holders=2)
+        result = _nemesis_run(store, tmp_path, 30, seed, f"{backend}-n2-short", holders=2)
     finally:
         store.stop()
     _assert_clean(result)

@@ -100,9 +100,12 @@ class LeaseClock:
     listener: Callable[[], None] = field(default=lambda: None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def acked(self, sent_at: float, ttl: float) -> None:
-        """The server answered a renewal sent at `sent_at` (monotonic), granting `ttl`."""
-        metrics.renewed(self.election, sent_at)
+    def acked(self, sent_at: float, ttl: float, record: bool = True) -> None:
+        """The server answered a renewal sent at `sent_at` (monotonic), granting `ttl`.
+        `record=False`: the backend recorded the renewal's metrics itself (ZooKeeper moves the
+        clock to an older renewal than the one just answered; see its `_vouched`)."""
+        if record:
+            metrics.renewed(self.election, sent_at)
         with self._lock:
             if sent_at > self.last_ack:
                 self.last_ack = sent_at
@@ -212,6 +215,8 @@ class ElectionView:
     #: The election's `--max-holders` as its candidates say (1 when none says otherwise).
     max_holders: int = 1
     step_downs: Mapping[int, bytes] = field(default_factory=dict)
+    #: What the last run of any term ended with (`record.outcome_record`), raw, or None.
+    outcome: bytes | None = None
 
     @property
     def leader(self) -> Candidate | None:
@@ -329,11 +334,28 @@ class Backend(abc.ABC):
         multi-op checking our node. False when leadership was gone, so nothing was written.
         """
 
+    # -- every run's outcome (`status`) ----------------------------------------------------------
+
+    def record_outcome(
+        self, election: str, token: int, record: bytes, cancel: Flag | None = None
+    ) -> bool:
+        """Write what the run of term `token` ended with at `outcome_path`, compare-and-set:
+        read the stored outcome with its version, write only if it is of an older term (a
+        newer term's outcome is never replaced by an older one), again if the version changed
+        meanwhile; a few attempts within `OUTCOME_TIMEOUT`, ended at once by `cancel`.
+
+        Called after the release (the next leader must not wait for it), so not guarded by
+        leadership. True when written; False when a newer outcome is there, or when the
+        backend does not keep outcomes (this default).
+        """
+        return False
+
     # -- observing and steering (`status`, `step-down`) -------------------------------------------
 
     @abc.abstractmethod
     def elections(self) -> list[str]:
-        """Names of the elections under the prefix that have candidates or a record."""
+        """Names of the elections under the prefix that have candidates, a record or an
+        outcome."""
 
     @abc.abstractmethod
     def view(self, election: str) -> ElectionView:
@@ -373,12 +395,25 @@ def step_down_path(root: str, election: str, slot: int | None = None) -> str:
 STEP_DOWN_DIR = "@step-down"
 
 
+def outcome_path(root: str, election: str) -> str:
+    """Where the outcome of `election`'s last run lives: like step-down requests, under a name
+    no election can have, so no election recipe takes it for a candidate."""
+    return f"{root}/{OUTCOME_DIR}/{election}"
+
+
+OUTCOME_DIR = "@last-run"
+#: Bounds of `Backend.record_outcome`: attempts after a version conflict, and seconds in all.
+OUTCOME_ATTEMPTS = 4
+OUTCOME_TIMEOUT = 2.0
+
+
 #: leaderrun's own backends, as pyproject.toml registers them in `leaderrun.backends`: found
 #: without scanning every installed distribution's metadata (~40 ms of every start).
 BUILT_IN = {
     "etcd": "leaderrun.backends.etcd:EtcdBackend",
     "etcds": "leaderrun.backends.etcd:EtcdBackend",
     "zk": "leaderrun.backends.zookeeper:ZooKeeperBackend",
+    "zks": "leaderrun.backends.zookeeper:ZooKeeperBackend",
 }
 
 

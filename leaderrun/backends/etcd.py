@@ -34,6 +34,9 @@ from pyetcd.client import Endpoint, EtcdTokenCallCredentials, MultiEndpointEtcd3
 
 from leaderrun import metrics
 from leaderrun.backends import (
+    OUTCOME_ATTEMPTS,
+    OUTCOME_DIR,
+    OUTCOME_TIMEOUT,
     Backend,
     Cancelled,
     Candidate,
@@ -43,11 +46,12 @@ from leaderrun.backends import (
     Term,
     check_max_holders,
     election_holders,
+    outcome_path,
     step_down_path,
     woken_by,
 )
 from leaderrun.errors import BackendRefused, BackendUnreachable, UsageError
-from leaderrun.record import describe_requester, requested_token, with_fields
+from leaderrun.record import describe_requester, outcome_token, requested_token, with_fields
 from leaderrun.settings import ELECTION_NAME, Settings
 
 log = logging.getLogger(__name__)
@@ -705,14 +709,44 @@ class EtcdBackend(Backend):
         )
         return bool(succeeded)
 
+    # -- every run's outcome --------------------------------------------------------------------
+
+    def record_outcome(
+        self, election: str, token: int, record: bytes, cancel: Flag | None = None
+    ) -> bool:
+        """Compare-and-set on the key's mod revision (or its absence)."""
+        path = outcome_path(self.settings.prefix, election)
+        until = time.monotonic() + OUTCOME_TIMEOUT
+        txn = self.client.transactions
+        for _ in range(OUTCOME_ATTEMPTS):
+            stored, meta = self._call(lambda: self.client.get(path), cancel=cancel, until=until)
+            theirs = outcome_token(bytes(stored)) if stored is not None else None
+            if theirs is not None and theirs >= token:
+                return False  # a newer term's outcome (or ours, written already)
+            unchanged = (
+                txn.version(path) == 0 if meta is None else txn.mod(path) == meta.mod_revision
+            )
+            succeeded, _ = self._call(
+                lambda unchanged=unchanged: self.client.transaction(  # type: ignore[misc]
+                    compare=[unchanged], success=[txn.put(path, record)], failure=[]
+                ),
+                cancel=cancel,
+                until=until,
+            )
+            if succeeded:
+                return True
+        return False
+
     # -- observing and steering -----------------------------------------------------------------
 
     def elections(self) -> list[str]:
         root = self.settings.prefix + "/"
         found = self._call(lambda: list(self.client.get_prefix(root, keys_only=True)))
-        names = {
-            meta.key.decode("utf-8", "replace")[len(root) :].split("/")[0] for _, meta in found
-        }
+        names = set()
+        for _, meta in found:
+            parts = meta.key.decode("utf-8", "replace")[len(root) :].split("/")
+            # An election with only an outcome (`<prefix>/@last-run/<election>`) is one too.
+            names.add(parts[1] if parts[0] == OUTCOME_DIR and len(parts) > 1 else parts[0])
         return sorted(name for name in names if ELECTION_NAME.fullmatch(name))
 
     def view(self, election: str) -> ElectionView:
@@ -737,6 +771,9 @@ class EtcdBackend(Backend):
             held = candidates[index]
             candidates[index] = Candidate(held.key, held.token, held.value, ttl_left=ttl)
         record, _ = self._call(lambda: self.client.get(path))
+        outcome, _ = self._call(
+            lambda: self.client.get(outcome_path(self.settings.prefix, election))
+        )
         request, _ = self._call(
             lambda: self.client.get(step_down_path(self.settings.prefix, election))
         )
@@ -754,6 +791,7 @@ class EtcdBackend(Backend):
             step_down=bytes(request) if request else None,
             max_holders=holders,
             step_downs=by_slot,
+            outcome=bytes(outcome) if outcome else None,
         )
 
     def request_step_down(self, election: str, leader: Candidate, request: bytes) -> bool:

@@ -6,6 +6,23 @@ lists our candidates): each candidate creates an ephemeral sequential node
 the leader is the node with the lowest sequence, and its `czxid` is the fencing token. A waiter
 watches only the node just ahead of it. The election's own node holds the last-run record.
 
+Under `--max-holders N` (N > 1) the layout is kazoo's `Semaphore` recipe with the election node
+as the semaphore's path (so `Semaphore(...).lease_holders()` lists our holders, and kazoo's own
+semaphore users queue with us): candidates queue as above in the lock node
+`<election>-__lock__` (kazoo's `Semaphore.lock_path`, a sibling of the election node), and each
+holder has an ephemeral lease node `<election>/<uuid hex>` (its term's own uuid, so a retried
+create is found again) whose data is its value with its `slot`, and whose `czxid` is its
+fencing token. Only the first of the lock queue watches the leases (the election node's
+children); it waits until fewer than N exist, picks the lowest slot no lease has (it alone
+picks, so no two holders get one slot), then creates its lease and deletes its lock node in
+one transaction, which wakes the next waiter (watching that lock node) at once. Any other
+waiter watches the lock node just ahead of it, as with N = 1. kazoo's Semaphore checks its N
+against the election node's data when that is numeric; our last-run record there is JSON,
+which kazoo ignores. N is agreed between leaderrun candidates through their values (`holders`):
+a candidate reads the lock queue and the leases before creating anything (an N = 1 candidate
+too), and each waiter checks the one just ahead of it and the lock's first the leases, so a
+mismatch withdraws and exits 2.
+
 The session is the lease, so every candidacy is one `ZkTerm` with a session of its own (a
 kazoo client of its own, a `Connection`), like etcd's one lease per candidacy, and one uuid
 prefix of its own for its node. Nothing of a term lives on the backend object. A term ends for
@@ -27,10 +44,22 @@ retry policy it may reconnect only seconds after the server is back. So this bac
 - gives every request a deadline, and when a member stops answering drops the connection so
   kazoo moves to another member (kazoo only notices a silent server through its own pings,
   which our requests suppress);
+- bounds each step of kazoo's connection to one member (TCP connect, TLS handshake, Connect) by
+  `member_timeout`, about a second, instead of kazoo's T and T / number of members, so a member
+  that drops packets is passed over well inside the margin;
 - never sleeps to poll: waits are on the predecessor's watch, the term's `lost`, the campaign's
   `cancel` or `close()`, and retries are paced by a cancellable wait;
 - treats LOST (session expired or closed), a new session id and the deletion of our node as
-  the end of the term.
+  the end of the term;
+- on an ensemble, moves the clock only to renewals the ensemble leader has surely heard of: a
+  follower cut off from the leader answers reads and pings for up to syncLimit * tickTime, and
+  forwards the sessions it touched only in its replies to the leader's pings. So each renewal
+  also sends a `sync`, which the member answers only once the leader did, and that answer
+  vouches for the renewals answered two ticks (`sync_bound`, tickTime from the server's `conf`
+  or `--zk-tick-time`) before it was sent (`_vouched`; docs/backends.md, "A ZooKeeper
+  follower cut off from the ensemble leader"); renewals then go every half renew interval. A
+  (re)connect is answered only after the leader touched the session, so it counts at once; a
+  standalone server decides expiry itself, and is renewed as before.
 
 `resign` deletes our node (the next candidate is woken at once) and closes the session; it
 reports the release only once the server confirmed one of them.
@@ -42,6 +71,12 @@ With `--zk-auth-file` (digest `user:password`) the nodes we create get an ACL th
 that identity change them and everyone read them; a refusal by an ACL exits 77. The leader then
 also makes its election's step-down request node its own, and honours a request only in a node
 nobody else may write.
+
+`zks://` is TLS to the servers' secureClientPort (kazoo's `use_ssl`, `--cacert` as the CA with
+host names checked, `--cert`/`--key` as the client certificate). A certificate refused either
+way exits 77 once every listed member refused it; a handshake that fails otherwise (a plaintext
+port), or a `zk://` connection the server closes unanswered (a TLS port), is unreachable (69)
+with a hint at the other scheme.
 """
 
 from __future__ import annotations
@@ -49,9 +84,11 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -62,14 +99,17 @@ from kazoo.exceptions import (
     AuthFailedError,
     BadVersionError,
     ConnectionClosedError,
+    ConnectionDropped,
     ConnectionLoss,
     KazooException,
     NoAuthError,
+    NodeExistsError,
     NoNodeError,
     OperationTimeoutError,
     SessionExpiredError,
 )
-from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
+from kazoo.handlers.utils import create_tcp_connection
 from kazoo.protocol.serialization import Close, Connect
 from kazoo.protocol.states import EventType, KazooState, KeeperState, WatchedEvent
 from kazoo.retry import KazooRetry
@@ -77,6 +117,10 @@ from kazoo.security import ACL, OPEN_ACL_UNSAFE, Permissions, make_acl, make_dig
 
 from leaderrun import metrics
 from leaderrun.backends import (
+    OUTCOME_ATTEMPTS,
+    OUTCOME_DIR,
+    OUTCOME_TIMEOUT,
+    STEP_DOWN_DIR,
     Backend,
     Cancelled,
     Candidate,
@@ -84,12 +128,21 @@ from leaderrun.backends import (
     Flag,
     LeaseClock,
     Term,
+    check_max_holders,
+    election_holders,
+    outcome_path,
     step_down_path,
     woken_by,
 )
 from leaderrun.errors import BackendRefused, BackendUnreachable, UsageError
-from leaderrun.record import describe_requester, requested_token
-from leaderrun.settings import ELECTION_NAME, Settings, Timing
+from leaderrun.record import (
+    describe_requester,
+    int_field,
+    outcome_token,
+    requested_token,
+    with_fields,
+)
+from leaderrun.settings import ELECTION_NAME, KILL_LEAD, Settings, Timing
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +156,8 @@ NODE_MARK = "__lock__"
 CONTENDER = re.compile(rf"{NODE_MARK}(-?\d{{10}})$")
 #: Pause between attempts of a failed request (a cancellable wait, never a poll).
 RETRY_INTERVAL = 0.25
+#: The shortest renew interval chosen on an ensemble when none was given (`_renew_interval`).
+MIN_ENSEMBLE_RENEW = 0.5
 #: Reconnect quickly: a member restart or leader change must be survived within the margin.
 RECONNECT_DELAY = 0.1
 RECONNECT_MAX_DELAY = 1.0
@@ -110,6 +165,12 @@ RECONNECT_JITTER = 0.2
 #: How long a withdrawn candidacy (cancelled, or its session gone) may spend closing its
 #: session: the supervisor expects `campaign` back within a request's timeout of a cancel.
 WITHDRAW_TIMEOUT = 1.0
+#: The longest kazoo may spend on one member before it tries the next: the TCP connect, the TLS
+#: handshake and ZooKeeper's Connect request, each. kazoo's own bounds grow with the session
+#: timeout T (T for the TCP connect and the TLS handshake, T / number of members for Connect),
+#: so a member that drops packets (no RST, no answer) could hold a reconnecting client past the
+#: point where the child must be stopped. A healthy member answers each in a few round trips.
+MEMBER_TIMEOUT_MAX = 1.0
 REFUSALS: tuple[type[BaseException], ...] = (NoAuthError, AuthFailedError)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (KazooException, KazooTimeoutError)
 
@@ -134,6 +195,18 @@ def contenders(children: list[str]) -> list[Contender]:
 def prefix_of(name: str) -> str:
     """`<uuid hex>__lock__`: the part of a node's name that is one candidacy's own."""
     return name.split(NODE_MARK, 1)[0] + NODE_MARK
+
+
+def leases_among(children: list[str]) -> list[str]:
+    """The children of an election node that are not queued candidates: under
+    `--max-holders` the holders' lease nodes (kazoo's `Semaphore` names them `<uuid hex>`)."""
+    return [child for child in children if CONTENDER.search(child) is None]
+
+
+def lock_node_of(election_node: str) -> str:
+    """Where kazoo's `Semaphore(election_node)` queues for its lock: a sibling of the node
+    (`Semaphore.lock_path`), a Lock-recipe queue like an N = 1 election's."""
+    return f"{election_node}-{NODE_MARK}"
 
 
 def hosts_of(settings: Settings) -> str:
@@ -161,6 +234,81 @@ def acl_for(settings: Settings) -> list[ACL] | None:
     return [make_digest_acl(user, password, all=True), make_acl("world", "anyone", read=True)]
 
 
+def member_timeout(settings: Settings) -> float:
+    """How long kazoo may wait on one member for each step of a connection (see
+    `MEMBER_TIMEOUT_MAX`): well inside the slack the timing rule leaves between a renewal that
+    went unanswered and the point where the child must be stopped."""
+    return max(0.5, min(MEMBER_TIMEOUT_MAX, settings.timing.renew_interval / 2))
+
+
+#: The reason in an `ssl.SSLError`'s text: `[SSL: CODE] reason (_ssl.c:1006)`.
+SSL_REASON = re.compile(r"^(?:\[[^\]]*\]\s*)?(?P<reason>.*?)(?:\s*\(_ssl\.c:\d+\))?$")
+
+
+def tls_reason(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+    match = SSL_REASON.match(text.splitlines()[0] if text else "")
+    return (match["reason"] if match else text) or type(exc).__name__
+
+
+def is_tls_refusal(exc: ssl.SSLError) -> bool:
+    """A TLS identity problem (exit 77): we did not trust the server's certificate, or the
+    server refused ours (a TLS alert). Not one: the peer closed the connection mid-handshake or
+    spoke something else than TLS (a plaintext port, a server not serving yet)."""
+    reason = (exc.reason or "").upper()
+    return isinstance(exc, ssl.SSLCertVerificationError) or "ALERT" in reason
+
+
+class MemberHandler(SequentialThreadingHandler):  # type: ignore[misc]
+    """kazoo's threading handler, with each member's TCP connect and TLS handshake bounded by
+    `member_timeout` (kazoo asks for the whole session timeout), and with what went wrong
+    with the members remembered for `connect`'s error message.
+
+    The TLS failure is recorded here, on kazoo's connection thread, where kazoo turns it into
+    a dropped connection and goes on with the next member."""
+
+    def __init__(self, member_timeout: float) -> None:
+        super().__init__()
+        self.member_timeout = member_timeout
+        #: The last TLS failure, and how many TLS refusals came in a row (reset by a session).
+        self.tls_failure: ssl.SSLError | None = None
+        self.refusals = 0
+        #: A member closed the connection before answering Connect (a TLS port, for zk://).
+        self.closed_early = False
+        #: Called after each failure (on kazoo's thread; must not block).
+        self.on_failure: Callable[[], None] = lambda: None
+
+    def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        timeout = kwargs.get("timeout")
+        kwargs["timeout"] = (
+            self.member_timeout if timeout is None else min(timeout, self.member_timeout)
+        )
+        try:
+            return super().create_connection(*args, **kwargs)
+        except ssl.SSLError as exc:
+            self.failed_tls(exc)
+            raise
+
+    def failed_tls(self, exc: ssl.SSLError) -> None:
+        self.tls_failure = exc
+        if is_tls_refusal(exc):
+            self.refusals += 1
+        else:
+            self.closed_early = True
+        self.on_failure()
+
+    def failed_connect(self, exc: BaseException) -> None:
+        """Connect (or Auth) failed on a connection that was open: look for why."""
+        cause = exc.__context__ if isinstance(exc, ConnectionDropped) else exc
+        if isinstance(cause, ssl.SSLError):
+            self.failed_tls(cause)
+        elif isinstance(exc, ConnectionDropped):
+            self.closed_early = True
+            self.on_failure()
+
+
 def make_client(settings: Settings, client_id: tuple[int, bytes] | None = None) -> KazooClient:
     retry = KazooRetry(
         max_tries=-1,
@@ -171,8 +319,19 @@ def make_client(settings: Settings, client_id: tuple[int, bytes] | None = None) 
     )
     kazoo_log.setLevel(logging.DEBUG if settings.verbosity >= 2 else logging.CRITICAL + 1)
     zk_auth = settings.security.zk_auth
+    security = settings.security
     return KazooClient(
         hosts=hosts_of(settings),
+        handler=MemberHandler(member_timeout(settings)),
+        # zks://: TLS with the servers' certificates checked against --cacert (the system's
+        # CAs without it), host names included, as ZooKeeper's own Java client does; a client
+        # certificate with --cert/--key (ssl.clientAuth=need on the servers asks for one).
+        use_ssl=settings.backend.scheme == "zks",
+        ca=security.cacert,
+        certfile=security.cert,
+        keyfile=security.key,
+        verify_certs=True,
+        check_hostname=settings.backend.scheme == "zks",
         timeout=settings.timing.ttl,
         client_id=client_id,
         auth_data=[("digest", zk_auth)] if zk_auth else None,
@@ -194,6 +353,28 @@ def refusal_error(exc: BaseException) -> BackendRefused:
     return BackendRefused(
         "ZooKeeper refused the request: the ACL of the election's nodes does not let this "
         "identity change them; check --zk-auth-file"
+    )
+
+
+def tls_refusal_error(settings: Settings, exc: ssl.SSLError) -> BackendRefused:
+    """Exit 77 for a TLS identity problem, naming the side and the option to fix."""
+    reason = tls_reason(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return BackendRefused(
+            f"TLS with ZooKeeper at {settings.backend} failed: we do not trust the server's "
+            f"certificate ({reason}); check --cacert (the CA that signed the servers' "
+            "certificates, for the host names in --backend)"
+        )
+    if not settings.security.cert:
+        return BackendRefused(
+            f"TLS with ZooKeeper at {settings.backend} failed: the server wants a client "
+            f"certificate and none was given ({reason}); give --cert and --key (a certificate "
+            "signed by a CA in the servers' ssl.trustStore)"
+        )
+    return BackendRefused(
+        f"TLS with ZooKeeper at {settings.backend} failed: the server refused our client "
+        f"certificate ({reason}); check --cert and --key (a certificate signed by a CA in the "
+        "servers' ssl.trustStore)"
     )
 
 
@@ -253,11 +434,17 @@ class ZkTerm(Term):
     conn: Connection | None = field(default=None, repr=False)
     session_id: int = 0
     prefix: str = ""
-    #: Our node's full path, once created (or found again by `prefix`).
+    #: Our node's full path, once created (or found again by `prefix`); under
+    #: `--max-holders`, our lock node while waiting, our lease node once holding.
     node: str | None = None
+    #: The value we queued with (a lease node's data is it, with our slot).
+    value: bytes = b""
     renew_interval: float = 1.0
     #: Wakes the renew thread at once (reconnected, our node changed, elected).
     renew_now: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: 2 * tickTime on an ensemble (see `ZooKeeperBackend._vouched`); 0 on a standalone
+    #: server, whose every answer is the expiring server's own.
+    sync_bound: float = 0.0
 
     @property
     def client(self) -> KazooClient:
@@ -268,7 +455,7 @@ class ZkTerm(Term):
 class ZooKeeperBackend(Backend):
     """Read paths share one connection; each candidacy is a `ZkTerm` with a session of its own."""
 
-    schemes = ("zk",)
+    schemes = ("zk", "zks")
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -276,6 +463,11 @@ class ZooKeeperBackend(Backend):
         #: `<chroot><prefix>`: where elections live; `root/<election>` is one election.
         self.root = settings.backend.path + settings.prefix
         self.election_node = f"{self.root}/{settings.election}"
+        #: Under `--max-holders` N > 1, the semaphore's lock queue, where candidates wait;
+        #: the election node's children are then the holders' leases.
+        self.lock_node = lock_node_of(self.election_node)
+        #: Where our candidates queue: the election node itself with N = 1.
+        self.queue_node = self.election_node if settings.max_holders == 1 else self.lock_node
         #: The connection `connect` opened: `status`, `step-down` and the last-run record use
         #: it, and the next term takes it if no term has used it yet.
         self.conn: Connection | None = None
@@ -287,6 +479,9 @@ class ZooKeeperBackend(Backend):
         #: theirs still there (the close was not answered, or the session had changed) is
         #: deleted when a later term finds it in the queue, never waited behind.
         self._leftovers: dict[str, float] = {}
+        #: `ZkTerm.sync_bound` for this backend's servers, once known (`_ensemble_bound`).
+        self.sync_bound: float | None = None
+        self.sync_bound_source = ""
 
     # -- the request layer --------------------------------------------------------------------
 
@@ -392,12 +587,20 @@ class ZooKeeperBackend(Backend):
         conn = Connection(make_client(self.settings))
         self._record_negotiation(conn)
         conn.client.add_listener(lambda state: self._on_state(conn, state))
+        handler: MemberHandler = conn.client.handler
+        handler.on_failure = conn.changed.set
+        members = len(self.settings.backend.endpoints)
         with self._lock:
             self._open.append(conn)
         give_up_at = time.monotonic() + self.settings.connect_timeout
         try:
             conn.client.start_async()
-            while not conn.ready() and conn.client.client_state != KeeperState.AUTH_FAILED:
+            while (
+                not conn.ready()
+                and conn.client.client_state != KeeperState.AUTH_FAILED
+                # Every member refused TLS in turn: retrying only repeats it.
+                and handler.refusals < members
+            ):
                 conn.changed.clear()
                 if conn.ready() or any(flag.is_set() for flag in ends):
                     break
@@ -418,11 +621,28 @@ class ZooKeeperBackend(Backend):
             raise refusal_error(AuthFailedError())
         if any(flag.is_set() for flag in ends):
             raise Cancelled()
+        tls = handler.tls_failure
+        if tls is not None and is_tls_refusal(tls):
+            raise tls_refusal_error(self.settings, tls)
         raise BackendUnreachable(
             f"cannot reach ZooKeeper at {self.settings.backend} within "
-            f"{self.settings.connect_timeout:g}s (no server answered); "
-            "check --backend and that ZooKeeper is running"
+            f"{self.settings.connect_timeout:g}s {self._unreachable_reason(handler)}"
         )
+
+    def _unreachable_reason(self, handler: MemberHandler) -> str:
+        """Why no member gave us a session, and the fix, for the one-line message."""
+        if self.settings.backend.scheme == "zks" and handler.tls_failure is not None:
+            return (
+                f"(the TLS handshake failed: {tls_reason(handler.tls_failure)}); if that port "
+                "is ZooKeeper's plaintext clientPort use zk://, else give its secureClientPort"
+            )
+        if self.settings.backend.scheme == "zk" and handler.closed_early:
+            return (
+                "(the server closed the connection without answering); if that port is a TLS "
+                "secureClientPort use zks:// with --cacert, --cert and --key, else check that "
+                "ZooKeeper is serving"
+            )
+        return "(no server answered); check --backend and that ZooKeeper is running"
 
     def _adopt_timing(self, conn: Connection) -> None:
         assert conn.negotiated is not None
@@ -436,9 +656,20 @@ class ZooKeeperBackend(Backend):
         self.rpc_timeout = max(0.5, min(2.0, self._renew_interval(conn)))
 
     def _renew_interval(self, conn: Connection) -> float:
-        """Renewing at a quarter of a TTL we did not get would make the child look at risk."""
-        negotiated = conn.negotiated or self.settings.timing.ttl
-        return min(self.settings.timing.renew_interval, negotiated / 4)
+        """Renewing at a quarter of a TTL we did not get would make the child look at risk.
+
+        On an ensemble the clock lags the newest answer by the sync bound (`_vouched`); a
+        renew interval nobody asked for then shrinks to leave room for it, so that the default
+        `--ttl 10s` still fits the common tickTime of 2 s (an explicit one is kept, and
+        checked)."""
+        timing = self.settings.timing
+        negotiated = conn.negotiated or timing.ttl
+        interval = min(timing.renew_interval, negotiated / 4)
+        if self.sync_bound and not timing.renew_given:
+            spare = negotiated - self.sync_bound - timing.kill_grace - KILL_LEAD
+            spare -= timing.with_granted_ttl(negotiated).safety
+            interval = min(interval, max(MIN_ENSEMBLE_RENEW, 0.8 * spare))
+        return interval
 
     @staticmethod
     def _record_negotiation(conn: Connection) -> None:
@@ -448,13 +679,33 @@ class ZooKeeperBackend(Backend):
         itself (it stores only the one we asked for), so we look at that answer on its way
         through the connection's `_invoke`. The send time of an answered Connect is also a
         renewal: a (re)connect touches the session on the server.
+
+        `_invoke` is used only while connecting (Connect, then Auth): its timeout is bounded by
+        the handler's `member_timeout` (kazoo asks for T / number of members), and why it
+        failed is recorded for `_open_connection`'s message. A TLS error there (TLS 1.3 tells
+        a refused client certificate only after the handshake) is a dropped connection, so
+        kazoo goes on with the next member instead of ending its connection thread.
         """
         connection = conn.client._connection
         invoke = connection._invoke
+        handler = conn.client.handler
 
         def recording_invoke(timeout: float, request: Any, xid: int | None = None) -> Any:
+            if isinstance(handler, MemberHandler):
+                timeout = min(timeout, handler.member_timeout)
             sent = time.monotonic()
-            result = invoke(timeout, request, xid)
+            try:
+                result = invoke(timeout, request, xid)
+            except ssl.SSLError as exc:
+                if isinstance(handler, MemberHandler):
+                    handler.failed_connect(exc)
+                raise ConnectionDropped(f"TLS error: {tls_reason(exc)}") from exc
+            except ConnectionDropped as exc:
+                if isinstance(handler, MemberHandler):
+                    handler.failed_connect(exc)
+                raise
+            if isinstance(handler, MemberHandler) and isinstance(request, Connect):
+                handler.refusals = 0
             if isinstance(request, Connect) and result[0].time_out > 0:
                 conn.negotiated = result[0].time_out / 1000.0
                 conn.connect_sent_at = sent
@@ -498,13 +749,17 @@ class ZooKeeperBackend(Backend):
                 took, conn.suspended_at = now - conn.suspended_at, None
                 if previous == session_id:
                     log.info(
-                        "reconnected to ZooKeeper after %.2fs; session %x kept", took, session_id
+                        "reconnected to ZooKeeper after %.2fs (member %s); session %x kept",
+                        took,
+                        member_of(client),
+                        session_id,
                     )
                 else:
                     log.info(
-                        "reconnected to ZooKeeper after %.2fs in a new session %x; the old "
-                        "session is gone",
+                        "reconnected to ZooKeeper after %.2fs (member %s) in a new session %x; "
+                        "the old session is gone",
                         took,
+                        member_of(client),
                         session_id,
                     )
             if acked and term is not None and conn.negotiated is not None:
@@ -620,7 +875,11 @@ class ZooKeeperBackend(Backend):
                     if self._sleep(RETRY_INTERVAL, cancel):
                         raise Cancelled() from None
                 continue
-            self._check_granted_timing(conn)
+            if not self._check_granted_timing(conn):
+                # The member did not answer the four-letter words (hung, or going away).
+                if self._sleep(RETRY_INTERVAL, cancel):
+                    raise Cancelled()
+                continue
             term = self._claim(conn)
             if term is not None:
                 break
@@ -656,6 +915,7 @@ class ZooKeeperBackend(Backend):
                 session_id=int(session_id),
                 prefix=uuid.uuid4().hex + NODE_MARK,
                 renew_interval=self._renew_interval(conn),
+                sync_bound=self.sync_bound or 0.0,
             )
             conn.term = term
         return term
@@ -680,6 +940,9 @@ class ZooKeeperBackend(Backend):
         client = term.client
         watch = self._own_node_watch(term)
         failing_since: float | None = None
+        #: (sent, answered) of renewals the leader may not have heard of yet, oldest first.
+        unvouched: deque[tuple[float, float]] = deque()
+        connected_at = term.conn.connect_sent_at if term.conn is not None else 0.0
         while not term.lost.is_set() and not self.closed.is_set():
             term.renew_now.clear()
             client_id = client.client_id
@@ -694,11 +957,17 @@ class ZooKeeperBackend(Backend):
             node = term.node
             sent = time.monotonic()
             try:
+                # On an ensemble, a `sync` first: answered only once the ensemble leader
+                # answered it (`_vouched`); the read after it is answered after it.
+                synced = client.sync_async("/") if term.sync_bound else None
                 # Before we queue, any cheap read renews; the root of our elections needs no
                 # permission beyond what `status` needs (it may not exist: that is an answer).
+                exists = client.exists_async(node or self.root, watch=watch if node else None)
+                if synced is not None:
+                    self._wait_result(synced, self.rpc_timeout, *self._ends(term.lost))
                 stat = self._wait_result(
-                    client.exists_async(node or self.root, watch=watch if node else None),
-                    self.rpc_timeout,
+                    exists,
+                    max(0.05, sent + self.rpc_timeout - time.monotonic()),
                     *self._ends(term.lost),
                 )
             except Cancelled:
@@ -714,7 +983,20 @@ class ZooKeeperBackend(Backend):
                 continue
             after = client.client_id
             if after is not None and after[0] == term.session_id and term.conn is not None:
-                term.clock.acked(sent, term.conn.negotiated or term.clock.ttl)
+                ttl = term.conn.negotiated or term.clock.ttl
+                if not term.sync_bound:
+                    term.clock.acked(sent, ttl)
+                else:
+                    if term.conn.connect_sent_at != connected_at:
+                        # Another connection: its Connect was the leader's touch (`_on_state`
+                        # counted it), and this member vouches for nothing the old one answered.
+                        connected_at = term.conn.connect_sent_at
+                        unvouched.clear()
+                    unvouched.append((sent, time.monotonic()))
+                    metrics.renewed(self.settings.election, sent)
+                    vouched = self._vouched(unvouched, term.sync_bound)
+                    if vouched is not None:
+                        term.clock.acked(vouched, ttl, record=False)
                 if failing_since is not None:
                     log.info("ZooKeeper answered again after %.1fs", sent - failing_since)
                     failing_since = None
@@ -725,7 +1007,33 @@ class ZooKeeperBackend(Backend):
                 if stat.ephemeralOwner != term.session_id:
                     term.lose(f"our node {node} belongs to another session")
                     return
-            self._pause(term, term.renew_interval)
+            # On an ensemble the clock lags a renewal behind (`_vouched`): renew twice as often.
+            self._pause(term, term.renew_interval / 2 if term.sync_bound else term.renew_interval)
+
+    @staticmethod
+    def _vouched(unvouched: deque[tuple[float, float]], bound: float) -> float | None:
+        """The send time of the newest renewal the ensemble leader has surely heard of, now
+        that the last one in `unvouched` was answered (docs/backends.md); those are removed.
+
+        The renewal just answered began with a `sync` sent at `s`. A follower forwards it to
+        the leader (`FollowerRequestProcessor`, `Learner.request`) and answers it only when the
+        leader's SYNC comes back (`Follower.processPacket`, `FollowerZooKeeperServer.sync`),
+        which the leader sends after reading the request (`LearnerHandler.run`,
+        `Leader.processSync`). Everything the follower wrote to the leader before forwarding it
+        was read first, on the same connection: among it its replies to the leader's pings,
+        which carry every session it touched before (`Learner.ping`,
+        `LearnerSessionTracker.snapshot`), and which the leader touches as it reads them
+        (`LearnerHandler.run`, `PING`). The leader pings every tickTime/2 (`Leader.lead`), so
+        a renewal the follower answered `bound` (two ticks: one for the ping period, one for
+        delays) before `s` was touched on the leader, which cannot expire the session before
+        that renewal's send time plus the timeout (`SessionTrackerImpl.touchSession`,
+        `ExpiryQueue.update` rounds up). On the leader itself every answer is a touch.
+        """
+        cutoff = unvouched[-1][0] - bound
+        vouched = None
+        while unvouched and unvouched[0][1] <= cutoff:
+            vouched = unvouched.popleft()[0]
+        return vouched
 
     def _pause(self, term: ZkTerm, seconds: float) -> None:
         """Until the next renewal: woken early by a reconnection, our node's watch or the end."""
@@ -765,7 +1073,7 @@ class ZooKeeperBackend(Backend):
         us to look again. A request is emptied, not deleted, once dealt with, so the node keeps
         its ACL (see `_guard_step_down`).
         """
-        path = step_down_path(self.root, self.settings.election)
+        path = self.own_step_down_path(term)
         client = term.client
         ends = (term.lost,)
         self._guard_step_down(client, path, ends)
@@ -807,6 +1115,11 @@ class ZooKeeperBackend(Backend):
                     continue
             with woken_by(wake, *self._ends(term.lost)):
                 wake.wait()
+
+    def own_step_down_path(self, term: Term) -> str:
+        """As `Backend.own_step_down_path`, under the URL's path (our chroot) too."""
+        slot = term.slot if self.settings.max_holders > 1 else None
+        return step_down_path(self.root, self.settings.election, slot)
 
     def _guard_step_down(self, client: KazooClient, path: str, ends: tuple[Flag, ...]) -> None:
         """With `--zk-auth-file`, make the election's request node ours (empty, with our ACL)
@@ -896,7 +1209,11 @@ class ZooKeeperBackend(Backend):
         """Queue `term` and wait until it is first: its token, or None when the term ended."""
         ends = (cancel, term.lost)
         client = term.client
+        self._check_election(client, ends)  # before writing anything
         self._rpc(client, lambda c: c.ensure_path_async(self.election_node), ends=ends)
+        if self.queue_node != self.election_node:
+            self._rpc(client, lambda c: c.ensure_path_async(self.queue_node), ends=ends)
+        term.value = value
         if not self._create_node(term, value, ends):
             return None
         return self._wait_until_first(term, ends)
@@ -919,11 +1236,13 @@ class ZooKeeperBackend(Backend):
         """Remember an ended term's prefix for as long as a node of it could outlive it."""
         self._leftovers[term.prefix] = time.monotonic() + 2 * term.clock.ttl
 
-    def _check_granted_timing(self, conn: Connection) -> None:
+    def _check_granted_timing(self, conn: Connection) -> bool:
         """Refuse to lead when the session timeout the server granted cannot keep the timing
-        rule (its min/maxSessionTimeout, 2 and 20 ticks by default, bound what we asked)."""
+        rule (its min/maxSessionTimeout, 2 and 20 ticks by default, bound what we asked), or,
+        on an ensemble, cannot cover `sync_bound` too. False: the member did not say whether
+        it is in an ensemble (no answer); try again."""
         if conn.negotiated is None:
-            return
+            return True
         timing = Timing(
             ttl=conn.negotiated,
             kill_grace=self.settings.timing.kill_grace,
@@ -938,6 +1257,117 @@ class ZooKeeperBackend(Backend):
                 f"{timing.renew_interval:g}s + kill grace {timing.kill_grace:g}s + safety "
                 f"{timing.safety:g}s; lower --kill-grace or raise maxSessionTimeout on the servers"
             ) from None
+        bound = self._ensemble_bound(conn)
+        if bound is None:
+            return False
+        if not bound:
+            return True
+        timing = Timing(
+            ttl=conn.negotiated,
+            kill_grace=self.settings.timing.kill_grace,
+            renew_interval=self._renew_interval(conn),  # now that the bound is known
+        )
+        if timing.renew_interval < min(self.settings.timing.renew_interval, conn.negotiated / 4):
+            log.info(
+                "renewing every %gs (not TTL/4) to leave room for the ensemble's %gs bound",
+                timing.renew_interval,
+                bound,
+            )
+        # Renewals go every half interval, and the clock lags the newest answered one by the
+        # bound plus half an interval (`_vouched`): a whole interval and the bound in all.
+        needed = timing.renew_interval + bound + timing.kill_grace + timing.safety + KILL_LEAD
+        if needed >= conn.negotiated:
+            raise UsageError(
+                f"ZooKeeper at {self.settings.backend} is an ensemble: a follower's answer "
+                f"proves the ensemble leader heard of renewals only {bound:g}s older "
+                f"({self.sync_bound_source}), so the session timeout {conn.negotiated:g}s must "
+                f"exceed that + renew interval {timing.renew_interval:g}s + kill grace "
+                f"{timing.kill_grace:g}s + safety {timing.safety:g}s + {KILL_LEAD:g}s = "
+                f"{needed:g}s; raise --ttl (and maxSessionTimeout on the servers) or lower "
+                "--renew-interval / --kill-grace"
+            )
+        return True
+
+    def _ensemble_bound(self, conn: Connection) -> float | None:
+        """`ZkTerm.sync_bound` (see `_vouched`): two ticks on an ensemble, 0 on a standalone
+        server; the tick from `--zk-tick-time`, else asked once from the member `conn` is
+        connected to (`srvr` for its mode, `conf` for its tickTime; the members are assumed to
+        share one tickTime). None when the member did not answer; a usage error when it
+        refuses to tell (not in its `4lw.commands.whitelist`)."""
+        if self.sync_bound is not None:
+            return self.sync_bound
+        if self.settings.zk_tick_time is not None:
+            self.sync_bound = 2 * self.settings.zk_tick_time
+            self.sync_bound_source = f"2 * tickTime {self.settings.zk_tick_time:g}s, --zk-tick-time"
+            return self.sync_bound
+        member = member_of(conn.client)
+        srvr = self._four_letter(conn, "srvr")
+        if srvr is None:
+            log.info("ZooKeeper %s does not answer `srvr`; trying again", member)
+            return None
+        mode = re.search(r"^Mode: *(\S+)", srvr, re.MULTILINE)
+        if mode is not None and mode[1] == "standalone":
+            self.sync_bound, self.sync_bound_source = 0.0, "standalone"
+            return 0.0
+        conf = self._four_letter(conn, "conf") if mode is not None else ""
+        if conf is None:
+            log.info("ZooKeeper %s does not answer `conf`; trying again", member)
+            return None
+        tick = re.search(r"^tickTime=(\d+)\s*$", conf, re.MULTILINE)
+        if (mode is None or tick is None) and "whitelist" not in srvr + conf:
+            # "This ZooKeeper instance is not currently serving requests": between leaders.
+            log.info("ZooKeeper %s does not serve now; trying again", member)
+            return None
+        if mode is None or tick is None:
+            asked = "conf" if mode is not None else "srvr"
+            raise UsageError(
+                f"cannot learn the tickTime of the ZooKeeper server {member} (its `{asked}` "
+                "four-letter word is not in 4lw.commands.whitelist), which leaderrun needs on "
+                "an ensemble; allow srvr and conf there, or give --zk-tick-time (the servers' "
+                "tickTime, e.g. 2s for tickTime=2000)"
+            )
+        self.sync_bound = 2 * int(tick[1]) / 1000
+        self.sync_bound_source = f"2 * tickTime {tick[1]}ms, from {member}'s conf"
+        log.debug("ZooKeeper %s is a %s; %s", member, mode[1], self.sync_bound_source)
+        return self.sync_bound
+
+    def _four_letter(self, conn: Connection, command: str, attempts: int = 1) -> str | None:
+        """A four-letter word's answer from the member `conn` is connected to (over TLS for
+        zks://, as kazoo's `command` does), or None if it did not answer."""
+        client = conn.client
+        sock: Any = getattr(getattr(client, "_connection", None), "_socket", None)
+        try:
+            peer = sock.getpeername()[:2]
+        except (AttributeError, OSError, ValueError):
+            return None
+        hostname = getattr(sock, "server_hostname", None) or peer[0]
+        timeout = member_timeout(self.settings)
+        for _ in range(attempts):
+            chunks: list[bytes] = []
+            try:
+                with create_tcp_connection(
+                    socket,
+                    peer,
+                    hostname=hostname,
+                    timeout=timeout,
+                    use_ssl=client.use_ssl,
+                    ca=client.ca,
+                    certfile=client.certfile,
+                    keyfile=client.keyfile,
+                    keyfile_password=client.keyfile_password,
+                    verify_certs=client.verify_certs,
+                    check_hostname=client.check_hostname,
+                ) as four:
+                    four.settimeout(timeout)
+                    four.sendall(command.encode())
+                    while chunk := four.recv(65536):
+                        chunks.append(chunk)
+            except (OSError, KazooTimeoutError):
+                continue
+            answer = b"".join(chunks).decode("utf-8", "replace")
+            if answer:
+                return answer
+        return None
 
     def _create_node(self, term: ZkTerm, value: bytes, ends: tuple[Flag, ...]) -> bool:
         """Create the term's ephemeral sequential node; False if the term ended first.
@@ -948,7 +1378,7 @@ class ZooKeeperBackend(Backend):
         the term's session, or the term is lost: kazoo sends requests only in the session it
         holds, and a new session ends the term.
         """
-        base = f"{self.election_node}/{term.prefix}"
+        base = f"{self.queue_node}/{term.prefix}"
         client = term.client
         while True:
             try:
@@ -959,7 +1389,7 @@ class ZooKeeperBackend(Backend):
                     attempts=1,
                 )
             except NoNodeError:  # someone removed the election node: make it again
-                self._rpc(client, lambda c: c.ensure_path_async(self.election_node), ends=ends)
+                self._rpc(client, lambda c: c.ensure_path_async(self.queue_node), ends=ends)
                 continue
             except BackendUnreachable:
                 try:
@@ -980,26 +1410,28 @@ class ZooKeeperBackend(Backend):
     def _find_own(self, term: ZkTerm, ends: tuple[Flag, ...]) -> str | None:
         """The term's node in the queue (the first, if a retried create made two), or None."""
         children = self._rpc(
-            term.client, lambda c: c.get_children_async(self.election_node), ends=ends
+            term.client, lambda c: c.get_children_async(self.queue_node), ends=ends
         )
         mine = [c for c in contenders(children) if c.name.startswith(term.prefix)]
-        return f"{self.election_node}/{mine[0].name}" if mine else None
+        return f"{self.queue_node}/{mine[0].name}" if mine else None
 
     def _wait_until_first(self, term: ZkTerm, ends: tuple[Flag, ...]) -> int | None:
         """Block until the term's node is first in the queue: its czxid; None when the term
-        ended (our node vanished or is not in the term's session)."""
+        ended (our node vanished or is not in the term's session).
+
+        Under `--max-holders` the queue is the semaphore's lock queue, and its first then
+        waits for a lease (`_take_lease`)."""
         client = term.client
         ahead_seen: str | None = None
         while True:
-            queue_now = contenders(
-                self._rpc(client, lambda c: c.get_children_async(self.election_node), ends=ends)
-            )
+            children = self._rpc(client, lambda c: c.get_children_async(self.queue_node), ends=ends)
+            queue_now = contenders(children)
             mine = [c for c in queue_now if c.name.startswith(term.prefix)]
             if not mine:
                 term.lose(f"our candidate node {term.node} vanished")
                 return None
             ours = mine[0]
-            node = f"{self.election_node}/{ours.name}"
+            node = f"{self.queue_node}/{ours.name}"
             if node != term.node:
                 term.node = term.key = node
                 term.renew_now.set()
@@ -1017,8 +1449,13 @@ class ZooKeeperBackend(Backend):
                 continue
             ahead = [c for c in queue_now if c.sequence < ours.sequence]
             if not ahead:
+                if self.queue_node != self.election_node:
+                    return self._take_lease(term, node, ends)
+                # An N > 1 candidate's lease, made meanwhile next to our queue: not ours to
+                # hold alongside (`_check_election` saw none before we queued).
+                self._check_values(client, self.election_node, leases_among(children), ends)
                 return self._first(term, node, ends)
-            predecessor = f"{self.election_node}/{ahead[-1].name}"
+            predecessor = f"{self.queue_node}/{ahead[-1].name}"
             wake = threading.Event()
             try:
                 data, stat = self._rpc(
@@ -1032,6 +1469,10 @@ class ZooKeeperBackend(Backend):
                 continue  # gone already: look again
             if predecessor != ahead_seen:
                 ahead_seen = predecessor
+                if self.queue_node != self.election_node:
+                    # Each waiter checks the one just ahead of it: any two values of N in
+                    # the queue are next to each other somewhere, and the later one leaves.
+                    check_max_holders(self.settings, [Candidate(predecessor, 0, bytes(data))])
                 self.on_waiting(Candidate(predecessor, int(stat.czxid), bytes(data)))
             with woken_by(wake, *self._ends(*ends)):
                 wake.wait()
@@ -1050,9 +1491,178 @@ class ZooKeeperBackend(Backend):
             )
             return None
         client_id = term.client.client_id
-        if client_id is not None and client_id[0] == term.session_id:
-            term.clock.acked(sent, term.clock.ttl)  # an answer in the term's session
+        # An answer in the term's session; on an ensemble only the renew thread moves the clock
+        # (`_vouched`): this member may be a follower cut off from the ensemble leader.
+        if client_id is not None and client_id[0] == term.session_id and not term.sync_bound:
+            term.clock.acked(sent, term.clock.ttl)
         return int(stat.czxid)
+
+    # -- the election under --max-holders N > 1: kazoo's Semaphore -----------------------------
+
+    def _check_election(self, client: KazooClient, ends: tuple[Flag, ...]) -> None:
+        """Refuse, before writing anything, an election whose candidates run with another
+        `--max-holders` (UsageError): the election node's children (an N = 1 queue, or the
+        leases) and the semaphore's lock queue. With N = 1 our own queue is not read: its
+        candidates are of our kind, or foreign."""
+        for parent in (self.election_node, self.lock_node):
+            try:
+                children = self._rpc(
+                    client,
+                    lambda c, p=parent: c.get_children_async(p),  # type: ignore[misc]
+                    ends=ends,
+                )
+            except NoNodeError:
+                continue
+            if self.settings.max_holders == 1 and parent == self.election_node:
+                children = leases_among(children)
+            self._check_values(client, parent, children, ends)
+
+    def _check_values(
+        self, client: KazooClient, parent: str, names: list[str], ends: tuple[Flag, ...]
+    ) -> None:
+        """`check_max_holders` on the values of `parent`'s children `names`."""
+        found = self._nodes(client, parent, names, ends)
+        check_max_holders(self.settings, [Candidate(f"{parent}/{n}", 0, d) for n, d, _ in found])
+
+    def _nodes(
+        self, client: KazooClient, parent: str, names: list[str], ends: tuple[Flag, ...]
+    ) -> list[tuple[str, bytes, Any]]:
+        """(name, data, stat) of each of `parent`'s children `names` that still exists."""
+        found = []
+        for name in names:
+            try:
+                data, stat = self._rpc(
+                    client,
+                    lambda c, p=f"{parent}/{name}": c.get_async(p),  # type: ignore[misc]
+                    ends=ends,
+                )
+            except NoNodeError:
+                continue
+            found.append((name, bytes(data or b""), stat))
+        return found
+
+    def _take_lease(self, term: ZkTerm, lock_node: str, ends: tuple[Flag, ...]) -> int | None:
+        """Our lock node is first in the semaphore's lock queue: wait until fewer than N
+        leases exist (only the lock's holder watches the leases), then take the lowest slot no
+        lease has: create our lease node and delete our lock node in one transaction, which
+        wakes the next waiter at once. Our token is the lease node's czxid; None when the term
+        ended. Being the lock's holder, no other leaderrun candidate picks a slot meanwhile."""
+        client = term.client
+        holders = self.settings.max_holders
+        name = term.prefix[: -len(NODE_MARK)]  # kazoo's Semaphore: `<path>/<uuid hex>`
+        lease = f"{self.election_node}/{name}"
+        seen: str | None = None
+        while True:
+            wake = threading.Event()
+            try:
+                names = self._rpc(
+                    client,
+                    lambda c, woken=wake: c.get_children_async(  # type: ignore[misc]
+                        self.election_node, watch=wake_on(woken)
+                    ),
+                    ends=ends,
+                )
+            except NoNodeError:  # someone removed the election node: make it again
+                self._rpc(client, lambda c: c.ensure_path_async(self.election_node), ends=ends)
+                continue
+            leases = self._nodes(client, self.election_node, names, ends)
+            mine = [(data, stat) for n, data, stat in leases if n == name]
+            if mine:  # a transaction whose answer was lost went through after all
+                term.slot = int_field(mine[0][0], "slot") or 0
+                term.node = term.key = lease
+                term.renew_now.set()
+                return self._first(term, lease, ends)
+            if term.node is None:  # the transaction did not happen: our lock node it is again
+                term.node = term.key = lock_node
+                term.renew_now.set()
+            check_max_holders(
+                self.settings,
+                [Candidate(f"{self.election_node}/{n}", 0, data) for n, data, _ in leases],
+            )
+            now = time.monotonic()
+            stale = [n for n, _, _ in leases if self._leftovers.get(n + NODE_MARK, 0.0) > now]
+            if stale and sum(self._delete_stale_lease(client, n, ends) for n in stale):
+                continue
+            if len(names) < holders:
+                taken = {int_field(data, "slot") for _, data, _ in leases}
+                slot = min(set(range(holders)) - taken)
+                done = self._commit_lease(
+                    term, lock_node, lease, with_fields(term.value, slot=slot), ends
+                )
+                if done is None:
+                    return None
+                if done:
+                    term.slot = slot
+                    # An N = 1 candidate may have queued in the election node after we read
+                    # it: seen now, before either runs (it checks the leases once first).
+                    after = self._rpc(
+                        client, lambda c: c.get_children_async(self.election_node), ends=ends
+                    )
+                    queued = [c.name for c in contenders(after)]
+                    self._check_values(client, self.election_node, queued, ends)
+                    return self._first(term, lease, ends)
+                continue
+            if leases:
+                oldest, data, stat = min(leases, key=lambda entry: entry[2].czxid)
+                if oldest != seen:
+                    seen = oldest
+                    path = f"{self.election_node}/{oldest}"
+                    self.on_waiting(Candidate(path, int(stat.czxid), data))
+            with woken_by(wake, *self._ends(*ends)):
+                wake.wait()
+
+    def _commit_lease(
+        self, term: ZkTerm, lock_node: str, lease: str, data: bytes, ends: tuple[Flag, ...]
+    ) -> bool | None:
+        """Create our lease node and delete our lock node, in one transaction. True when done;
+        False when not (look again; `term.node` is None while we cannot tell); None when our
+        lock node is gone (the term is lost).
+
+        While the two swap, the term's node is None: the renew thread must not take our lock
+        node's deletion for the end of the term, nor our lease's absence before it."""
+        term.node = None
+
+        def commit(client: KazooClient) -> Any:
+            transaction = client.transaction()
+            transaction.create(lease, data, ephemeral=True)
+            transaction.delete(lock_node)
+            return transaction.commit_async()
+
+        try:
+            results = self._rpc(term.client, commit, ends=ends, attempts=1)
+        except BackendUnreachable:
+            return False  # it may have happened: the next look tells
+        except BaseException:
+            term.node = term.key = lock_node
+            raise
+        failures = [result for result in results if isinstance(result, Exception)]
+        if not failures:
+            term.node = term.key = lease
+            term.renew_now.set()  # the renew thread watches our lease from now on
+            return True
+        for failure in failures:
+            self._raise_if_refused(failure)
+        if isinstance(results[1], NoNodeError):
+            term.lose(f"our candidate node {lock_node} vanished")
+            return None
+        return False  # the election node was removed, or our lease is there: look again
+
+    def _delete_stale_lease(self, client: KazooClient, name: str, ends: tuple[Flag, ...]) -> bool:
+        """Delete a lease node of an earlier term of ours that outlived it; True once gone."""
+        log.debug("removing a leftover lease node of ours: %s", name)
+        try:
+            self._rpc(
+                client,
+                lambda c: c.delete_async(f"{self.election_node}/{name}"),
+                ends=ends,
+                attempts=1,
+            )
+        except NoNodeError:
+            return True
+        except (BackendUnreachable, KazooException) as exc:
+            log.debug("could not remove %s: %s", name, describe(exc))
+            return False
+        return True
 
     def _delete_stale(
         self, client: KazooClient, contender: Contender, ends: tuple[Flag, ...]
@@ -1062,7 +1672,7 @@ class ZooKeeperBackend(Backend):
         try:
             self._rpc(
                 client,
-                lambda c: c.delete_async(f"{self.election_node}/{contender.name}"),
+                lambda c: c.delete_async(f"{self.queue_node}/{contender.name}"),
                 ends=ends,
                 attempts=1,
             )
@@ -1149,7 +1759,8 @@ class ZooKeeperBackend(Backend):
 
     def record_run(self, term: Term, record: bytes) -> bool:
         """One multi-op: our node still exists (its path is unique to this candidacy, so that
-        means we still lead) and the record is written, or nothing is."""
+        means we still lead; under `--max-holders`, our lease node) and the record is written,
+        or nothing is."""
         assert isinstance(term, ZkTerm) and term.conn is not None
         node = term.node
         if node is None:
@@ -1164,6 +1775,61 @@ class ZooKeeperBackend(Backend):
         results = self._rpc(term.conn.client, commit, attempts=8)
         return not any(isinstance(result, Exception) for result in results)
 
+    # -- every run's outcome --------------------------------------------------------------------
+
+    def record_outcome(
+        self, election: str, token: int, record: bytes, cancel: Flag | None = None
+    ) -> bool:
+        """Compare-and-set on the node's data version (or its absence), through the
+        backend's own connection (the term's session is closed by then; a new one is opened
+        if need be, which the next term then takes). The node gets the elections' ACL
+        (`--zk-auth-file`); `<prefix>/@last-run` is open, as `@step-down` is."""
+        path = outcome_path(self.root, election)
+        until = time.monotonic() + OUTCOME_TIMEOUT
+        ends = (cancel,) if cancel is not None else ()
+        conn = self.conn
+        if conn is None or conn.stopped:
+            self.connect(cancel)
+            conn = self.conn
+        assert conn is not None
+        client = conn.client
+        for _ in range(OUTCOME_ATTEMPTS):
+            try:
+                data, stat = self._rpc(client, lambda c: c.get_async(path), ends=ends, until=until)
+            except NoNodeError:
+                try:
+                    self._rpc(
+                        client,
+                        lambda c: c.ensure_path_async(path.rsplit("/", 1)[0], acl=OPEN_ACL_UNSAFE),
+                        ends=ends,
+                        until=until,
+                    )
+                    self._rpc(
+                        client,
+                        lambda c: c.create_async(path, record, acl=acl_for(self.settings)),
+                        ends=ends,
+                        until=until,
+                    )
+                    return True
+                except (NodeExistsError, NoNodeError):
+                    continue  # created (or its parent removed) meanwhile: look again
+            theirs = outcome_token(bytes(data or b""))
+            if theirs is not None and theirs >= token:
+                return False  # a newer term's outcome (or ours, written already)
+            try:
+                self._rpc(
+                    client,
+                    lambda c, version=stat.version: c.set_async(  # type: ignore[misc]
+                        path, record, version=version
+                    ),
+                    ends=ends,
+                    until=until,
+                )
+                return True
+            except (BadVersionError, NoNodeError):
+                continue  # changed meanwhile: look again
+        return False
+
     # -- observing and steering -----------------------------------------------------------------
 
     def elections(self) -> list[str]:
@@ -1171,15 +1837,24 @@ class ZooKeeperBackend(Backend):
             names = self._children(self.root)
         except NoNodeError:
             return []
+        outcomes: set[str] = set()
+        with suppress(NoNodeError):  # elections with only an outcome are elections too
+            outcomes.update(self._children(f"{self.root}/{OUTCOME_DIR}"))
         found = []
-        for name in sorted(names):
+        for name in sorted({*names, *outcomes}):
             if not ELECTION_NAME.fullmatch(name):
                 continue  # the step-down requests' node, or something not ours
+            if name in outcomes:
+                found.append(name)
+                continue
+            if name.endswith(f"-{NODE_MARK}") and name[: -len(NODE_MARK) - 1] in names:
+                continue  # the lock queue of a --max-holders election: its waiters
             try:
                 children, stat = self._children(f"{self.root}/{name}", include_data=True)
             except NoNodeError:
                 continue
-            if contenders(children) or stat.dataLength > 0:
+            # Queued candidates (N = 1), or the leases of a --max-holders election.
+            if children or stat.dataLength > 0:
                 found.append(name)
         return found
 
@@ -1190,10 +1865,20 @@ class ZooKeeperBackend(Backend):
         except NoNodeError:
             request = b""
         try:
+            outcome, _ = self._get(outcome_path(self.root, election))
+        except NoNodeError:
+            outcome = b""
+        try:
             record, _ = self._get(path)
             children = self._children(path)
         except NoNodeError:
-            return ElectionView(election, (), step_down=request or None)
+            return ElectionView(election, (), step_down=request or None, outcome=outcome or None)
+        waiting: list[Contender] = []
+        if leases_among(children) or not children:
+            with suppress(NoNodeError):
+                waiting = contenders(self._children(lock_node_of(path)))
+        if waiting or leases_among(children):
+            return self._semaphore_view(election, children, waiting, record, request, outcome)
         candidates = []
         for contender in contenders(children):
             key = f"{path}/{contender.name}"
@@ -1207,12 +1892,68 @@ class ZooKeeperBackend(Backend):
             tuple(candidates),
             bytes(record) if record else None,
             step_down=request or None,
+            outcome=outcome or None,
         )
+
+    def _semaphore_view(
+        self,
+        election: str,
+        children: list[str],
+        waiting: list[Contender],
+        record: bytes,
+        request: bytes,
+        outcome: bytes,
+    ) -> ElectionView:
+        """`view` of a `--max-holders` election: the holders (every lease node, as kazoo's
+        `Semaphore` counts them, oldest first), then the waiters (the lock queue in order);
+        N as the candidates say (else kazoo's own numeric node data, else the leases counted);
+        the step-down requests by slot."""
+        path = f"{self.root}/{election}"
+        holders = sorted(self._view_nodes(path, children), key=lambda c: c.token)
+        candidates = (*holders, *self._view_nodes(lock_node_of(path), [c.name for c in waiting]))
+        kazoo_n = record.strip().isdigit()  # a Semaphore that kazoo made keeps N there
+        if any(c.max_holders is not None for c in candidates):
+            holding = election_holders(candidates)
+        else:
+            holding = int(record) if kazoo_n else max(1, len(holders))
+        by_slot: dict[int, bytes] = {}
+        mark = f"{election}@"
+        with suppress(NoNodeError):
+            for name in self._children(f"{self.root}/{STEP_DOWN_DIR}"):
+                if not name.startswith(mark) or not name[len(mark) :].isdigit():
+                    continue
+                slot = int(name[len(mark) :])
+                with suppress(NoNodeError):
+                    data, _ = self._get(step_down_path(self.root, election, slot))
+                    if data:
+                        by_slot[slot] = data
+        return ElectionView(
+            election,
+            candidates,
+            record if record and not kazoo_n else None,
+            step_down=request or None,
+            max_holders=holding,
+            step_downs=by_slot,
+            outcome=outcome or None,
+        )
+
+    def _view_nodes(self, parent: str, names: list[str]) -> list[Candidate]:
+        """The candidates at `parent`'s children `names` that still exist, in that order."""
+        found = []
+        for name in names:
+            key = f"{parent}/{name}"
+            try:
+                data, stat = self._get(key)
+            except NoNodeError:
+                continue  # left while we looked
+            found.append(Candidate(key, int(stat.czxid), bytes(data)))
+        return found
 
     def request_step_down(self, election: str, leader: Candidate, request: bytes) -> bool:
         """One multi-op: the leader's node still exists (its path is unique to its candidacy,
-        and a queued node stays first once first) and the request is written, or nothing is."""
-        path = step_down_path(self.root, election)
+        and a queued node stays first once first; under `--max-holders`, its lease node) and
+        the request is written (at its slot's path), or nothing is."""
+        path = step_down_path(self.root, election, leader.slot)
         self._read(lambda c: ensure_step_down_dir(c, path))
         for _ in range(3):
             exists = self._read(lambda c: c.exists_async(path)) is not None
@@ -1237,10 +1978,10 @@ class ZooKeeperBackend(Backend):
             # The request node was created or deleted meanwhile: write it again.
         raise BackendUnreachable("could not write the step-down request (it kept changing)")
 
-    def withdraw_step_down(self, election: str, request: bytes) -> None:
+    def withdraw_step_down(self, election: str, request: bytes, slot: int | None = None) -> None:
         """Empty the request node if it still holds `request` (emptied, not deleted: it keeps
         the ACL the leader gave it)."""
-        path = step_down_path(self.root, election)
+        path = step_down_path(self.root, election, slot)
         try:
             data, stat = self._get(path)
         except NoNodeError:
@@ -1250,10 +1991,13 @@ class ZooKeeperBackend(Backend):
         with suppress(NoNodeError, BadVersionError):
             self._read(lambda c: c.set_async(path, b"", version=stat.version))
 
-    def force_step_down(self, election: str) -> Candidate | None:
-        leader = self.view(election).leader
-        if leader is None:
+    def force_step_down(self, election: str, slot: int | None = None) -> Candidate | None:
+        """Delete the leader's node; under `--max-holders`, the lease node of the holder of
+        `slot` (the first holder when None), which ends its term and frees its slot."""
+        held = [c for c in self.view(election).holders if slot is None or c.slot == slot]
+        if not held:
             return None
+        leader = held[0]
         with suppress(NoNodeError):
             self._read(lambda c: c.delete_async(leader.key))
         return leader
@@ -1284,6 +2028,18 @@ def ensure_step_down_dir(client: KazooClient, request_path: str) -> Any:
     node carries its own election's ACL, and one election's `--zk-auth-file` must not keep
     others from asking their leaders to step down."""
     return client.ensure_path_async(request_path.rsplit("/", 1)[0], acl=OPEN_ACL_UNSAFE)
+
+
+def member_of(client: KazooClient) -> str:
+    """`host:port` of the member kazoo is connected to now, as listed in --backend (for logs)."""
+    sock = getattr(getattr(client, "_connection", None), "_socket", None)
+    try:
+        host, port = sock.getpeername()[:2] if sock is not None else ("", 0)
+    except (OSError, ValueError):
+        return "unknown"
+    if not host:
+        return "unknown"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def wake_on(event: threading.Event) -> Callable[[WatchedEvent], None]:
