@@ -472,7 +472,12 @@ def _step_down_holder(
         return ExitCode.OK
     asked = time.monotonic()
     print(f"asked {name} to step down from {election}; waiting for its job to stop")
-    if not _await(lambda: holder.token not in _holder_tokens(backend, election), asked + timeout):
+    if not _await(
+        backend,
+        election,
+        lambda: holder.token not in _holder_tokens(backend, election),
+        asked + timeout,
+    ):
         backend.withdraw_step_down(election, request, slot)
         print(
             f"leaderrun: {name} did not hand over {election} within {timeout:g}s "
@@ -525,7 +530,7 @@ def _wait_for_successor(
         document = parse_value(successor.value)
         return successor.token != old_token and bool(document and document.get("child_pid"))
 
-    if not _await(successor_running, until):
+    if not _await(backend, election, successor_running, until):
         print(f"leaderrun: no new job started in {election} in time", file=sys.stderr)
         return
     successor = _successor(backend.view(election), slot)
@@ -535,10 +540,11 @@ def _wait_for_successor(
         print(f"{who(describe_candidate(successor))} now leads {election}")
 
 
-def _await(done: Callable[[], bool], until: float) -> bool:
-    """An operator's wait on the store's state: a look every 50 ms, bounded by `until`."""
-    while not done():
-        if time.monotonic() >= until:
-            return False
-        time.sleep(0.05)
+def _await(backend: Backend, election: str, done: Callable[[], bool], until: float) -> bool:
+    """An operator's wait on the store's state: `done` is looked at again whenever the
+    election's queue changes (a store watch, `Backend.changes`), bounded by `until`."""
+    with backend.changes(election) as changed:
+        while not done():
+            if not changed(until):
+                return done()
     return True

@@ -794,6 +794,29 @@ class EtcdBackend(Backend):
             outcome=bytes(outcome) if outcome else None,
         )
 
+    @contextmanager
+    def changes(self, election: str) -> Iterator[Callable[[float], bool]]:
+        """One watch on the election's candidate keys (joins, leaves, announced values),
+        established before the caller's first look, so nothing between is missed."""
+        changed = threading.Event()
+
+        def on_event(response: Any) -> None:
+            changed.set()  # an event, or a broken watch: look again either way
+
+        prefix = f"{self.settings.prefix}/{election}/"
+        watch_id = self._call(lambda: self.client.add_watch_prefix_callback(prefix, on_event))
+
+        def wait(until: float) -> bool:
+            happened = changed.wait(max(0.0, until - time.monotonic()))
+            changed.clear()
+            return happened
+
+        try:
+            yield wait
+        finally:
+            with suppress(*TRANSIENT_ERRORS), self.client.deadline(self.rpc_timeout):
+                self.client.cancel_watch(watch_id)
+
     def request_step_down(self, election: str, leader: Candidate, request: bytes) -> bool:
         txn = self.client.transactions
         path = step_down_path(self.settings.prefix, election, leader.slot)

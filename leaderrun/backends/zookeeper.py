@@ -89,8 +89,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -1857,6 +1857,42 @@ class ZooKeeperBackend(Backend):
             if children or stat.dataLength > 0:
                 found.append(name)
         return found
+
+    @contextmanager
+    def changes(self, election: str) -> Iterator[Callable[[float], bool]]:
+        """ZooKeeper watches fire once: before each of the caller's looks they are set again
+        on the election's children (candidates, or holders' leases), the semaphore's queue
+        and every child's data (an announced child pid), so nothing after is missed."""
+        changed = threading.Event()
+        path = f"{self.root}/{election}"
+
+        def on_event(event: WatchedEvent) -> None:
+            changed.set()
+
+        def arm() -> None:
+            for parent in (path, lock_node_of(path)):
+                try:
+                    children = self._read(
+                        lambda c, p=parent: c.get_children_async(p, watch=on_event)  # type: ignore[misc]
+                    )
+                except NoNodeError:
+                    self._read(lambda c, p=parent: c.exists_async(p, watch=on_event))  # type: ignore[misc]
+                    continue
+                for child in children:
+                    with suppress(NoNodeError):
+                        self._read(
+                            lambda c, n=f"{parent}/{child}": c.get_async(n, watch=on_event)  # type: ignore[misc]
+                        )
+
+        def wait(until: float) -> bool:
+            happened = changed.wait(max(0.0, until - time.monotonic()))
+            changed.clear()
+            if happened:
+                arm()
+            return happened
+
+        arm()
+        yield wait
 
     def view(self, election: str) -> ElectionView:
         path = f"{self.root}/{election}"
