@@ -112,17 +112,28 @@ def _zk3(tmp_path: Path) -> ZkEnsemble:
     return ensemble
 
 
+def _nemesis_on_fresh_cluster(
+    backend: str, tmp_path: Path, seconds: float, seed: str, name: str, holders: int = 1
+) -> None:
+    """A 3-member cluster/ensemble of its own, the nemesis run on it, no violation allowed."""
+    store = _etcd3(tmp_path) if backend == "etcd" else _zk3(tmp_path)
+    try:
+        result = _nemesis_run(store, tmp_path, seconds, seed, name, holders=holders)
+    finally:
+        store.stop()
+    _assert_clean(result)
+
+
+def _short_seed() -> str:
+    return os.environ.get("CHAOS_SEED", SHORT_SEED)
+
+
 @pytest.mark.chaos
 @pytest.mark.timeout(0)
 @pytest.mark.parametrize("backend", ["etcd", "zk"])
 def test_nemesis_long(backend: str, tmp_path: Path) -> None:
     """CHAOS_SECONDS (default 300) of random faults per backend: no two terms' jobs at once."""
-    store = _etcd3(tmp_path) if backend == "etcd" else _zk3(tmp_path)
-    try:
-        result = _nemesis_run(store, tmp_path, chaos_seconds(300), chaos_seed(), backend)
-    finally:
-        store.stop()
-    _assert_clean(result)
+    _nemesis_on_fresh_cluster(backend, tmp_path, chaos_seconds(300), chaos_seed(), backend)
 
 
 @pytest.mark.nemesis_short
@@ -130,14 +141,8 @@ def test_nemesis_long(backend: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("backend", ["etcd", "zk"])
 def test_nemesis_short(backend: str, tmp_path: Path) -> None:
     """The CI run: 60 s of seeded faults per backend, failing on any violation."""
-    store = _etcd3(tmp_path) if backend == "etcd" else _zk3(tmp_path)
     seconds = float(os.environ.get("CHAOS_SHORT_SECONDS", 60))
-    seed = os.environ.get("CHAOS_SEED", SHORT_SEED)
-    try:
-        result = _nemesis_run(store, tmp_path, seconds, seed, f"{backend}-short")
-    finally:
-        store.stop()
-    _assert_clean(result)
+    _nemesis_on_fresh_cluster(backend, tmp_path, seconds, _short_seed(), f"{backend}-short")
 
 
 @pytest.mark.chaos
@@ -146,13 +151,8 @@ def test_nemesis_short(backend: str, tmp_path: Path) -> None:
 def test_nemesis_long_max_holders(backend: str, tmp_path: Path) -> None:
     """Half of CHAOS_SECONDS of random faults on 4 candidates with `--max-holders 2`: never two
     terms of one slot at once, never more than two terms at once."""
-    store = _etcd3(tmp_path) if backend == "etcd" else _zk3(tmp_path)
     seconds = chaos_seconds(300) / 2
-    try:
-        result = _nemesis_run(store, tmp_path, seconds, chaos_seed(), f"{backend}-n2", holders=2)
-    finally:
-        store.stop()
-    _assert_clean(result)
+    _nemesis_on_fresh_cluster(backend, tmp_path, seconds, chaos_seed(), f"{backend}-n2", 2)
 
 
 @pytest.mark.nemesis_short
@@ -160,10 +160,4 @@ def test_nemesis_long_max_holders(backend: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("backend", ["etcd", "zk"])
 def test_nemesis_short_max_holders(backend: str, tmp_path: Path) -> None:
     """The CI run of `--max-holders 2`: 30 s of seeded faults per backend."""
-    store = _etcd3(tmp_path) if backend == "etcd" else _zk3(tmp_path)
-    seed = os.environ.get("CHAOS_SEED", SHORT_SEED)
-    try:
-        result = _nemesis_run(store, tmp_path, 30, seed, f"{backend}-n2-short", holders=2)
-    finally:
-        store.stop()
-    _assert_clean(result)
+    _nemesis_on_fresh_cluster(backend, tmp_path, 30, _short_seed(), f"{backend}-n2-short", 2)
