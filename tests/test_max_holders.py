@@ -238,3 +238,18 @@ def test_metrics_show_the_holders_and_our_slot(
     assert f'leaderrun_slot{{election="{election}"}} {slot}.0' in page
     jobs.finish()
     assert wait_exit(proc) == 0
+
+
+def test_no_wait_and_wait_timeout_skip_while_every_slot_is_held(
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    jobs = Jobs(tmp_path)
+    procs = holders(store, processes, election, jobs, 2, 2)
+    jobs.wait_runs(2)
+    for mode in (("--no-wait",), ("--wait-timeout", "1s")):
+        opts = ("--max-holders", "2", *mode, "--skip-exit-code", "9")
+        late = start(processes, store, election, *jobs.command(), opts=opts, name=mode[0])
+        assert wait_exit(late) == 9
+    assert len(jobs.runs()) == 2
+    jobs.finish()
+    assert [wait_exit(p) for p in procs] == [0, 0]
