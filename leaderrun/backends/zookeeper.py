@@ -1445,7 +1445,9 @@ class ZooKeeperBackend(Backend):
             # A second node of this term (a retried create that landed after all), or one of
             # an earlier term of ours that outlived it: ours to remove, not to wait behind.
             # (One we could not delete is waited behind like any other: it expires.)
-            if stale and sum(self._delete_stale(client, c, ends) for c in stale):
+            if stale and sum(
+                self._delete_stale(client, f"{self.queue_node}/{c.name}", ends) for c in stale
+            ):
                 continue
             ahead = [c for c in queue_now if c.sequence < ours.sequence]
             if not ahead:
@@ -1581,7 +1583,9 @@ class ZooKeeperBackend(Backend):
             )
             now = time.monotonic()
             stale = [n for n, _, _ in leases if self._leftovers.get(n + NODE_MARK, 0.0) > now]
-            if stale and sum(self._delete_stale_lease(client, n, ends) for n in stale):
+            if stale and sum(
+                self._delete_stale(client, f"{self.election_node}/{n}", ends) for n in stale
+            ):
                 continue
             if len(names) < holders:
                 taken = {int_field(data, "slot") for _, data, _ in leases}
@@ -1647,39 +1651,16 @@ class ZooKeeperBackend(Backend):
             return None
         return False  # the election node was removed, or our lease is there: look again
 
-    def _delete_stale_lease(self, client: KazooClient, name: str, ends: tuple[Flag, ...]) -> bool:
-        """Delete a lease node of an earlier term of ours that outlived it; True once gone."""
-        log.debug("removing a leftover lease node of ours: %s", name)
+    def _delete_stale(self, client: KazooClient, path: str, ends: tuple[Flag, ...]) -> bool:
+        """Delete a leftover node of ours (a candidate or lease node of an earlier term that
+        outlived it); True once it is gone."""
+        log.debug("removing a leftover node of ours: %s", path)
         try:
-            self._rpc(
-                client,
-                lambda c: c.delete_async(f"{self.election_node}/{name}"),
-                ends=ends,
-                attempts=1,
-            )
+            self._rpc(client, lambda c: c.delete_async(path), ends=ends, attempts=1)
         except NoNodeError:
             return True
         except (BackendUnreachable, KazooException) as exc:
-            log.debug("could not remove %s: %s", name, describe(exc))
-            return False
-        return True
-
-    def _delete_stale(
-        self, client: KazooClient, contender: Contender, ends: tuple[Flag, ...]
-    ) -> bool:
-        """Delete a leftover node of ours; True once it is gone."""
-        log.debug("removing a leftover candidate node of ours: %s", contender.name)
-        try:
-            self._rpc(
-                client,
-                lambda c: c.delete_async(f"{self.queue_node}/{contender.name}"),
-                ends=ends,
-                attempts=1,
-            )
-        except NoNodeError:
-            return True
-        except (BackendUnreachable, KazooException) as exc:
-            log.debug("could not remove %s: %s", contender.name, describe(exc))
+            log.debug("could not remove %s: %s", path, describe(exc))
             return False
         return True
 
