@@ -507,9 +507,14 @@ def _live_tree(root: int, skip: set[int]) -> dict[int, int]:
 def leftovers(child: Child) -> list[int]:
     """What is left of the term once `child` has exited (and been reaped).
 
-    In a cgroup that is exactly its members (a process cannot leave a cgroup by itself), read
-    from one file; else every live descendant, from a /proc scan. Exited orphans re-parented
-    to us are reaped either way.
+    In a cgroup that is its members (a process cannot leave a cgroup by itself), read from one
+    file; else every live descendant, from a /proc scan. Exited orphans re-parented to us are
+    reaped either way.
+
+    An empty cgroup is confirmed by the scan too: a member that becomes a zombie between the
+    reaping and the read is listed by neither, and would outlive the release as an unreaped
+    zombie whose pid still answers `kill -0` on the next leader's host. The scan reaps it
+    (and lists as live any process still on its way out).
     """
     cgroup = child.cgroup
     if cgroup is None or not child.reaped:
@@ -517,7 +522,7 @@ def leftovers(child: Child) -> list[int]:
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
-    return cgroup.pids()
+    return cgroup.pids() or live_tree()
 
 
 def _reap(pid: int) -> bool:

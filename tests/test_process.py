@@ -496,6 +496,46 @@ def test_cgroup_nests_under_our_own_cgroup(helper: Callable[..., Helper]) -> Non
     assert state["removed"]
 
 
+@needs_root
+def test_leftovers_reaps_a_member_that_died_after_the_reaping(
+    helper: Callable[..., Helper],
+) -> None:
+    """A leftover that turns zombie between leftovers()'s reaping and its cgroup read is in
+    neither: it must still be reaped before leftovers() answers "nothing left", or its pid
+    outlives the release (`kill -0` answers on the next leader's host). The race is forced by
+    hiding zombies from the first, blanket reaping."""
+    if not cgroup_kill_supported():
+        pytest.skip("no cgroup2 mount or kernel < 5.14: cgroup.kill is absent")
+    h = helper(
+        """
+        process.become_subreaper()
+        cgroup = process.Cgroup.create("late-zombie")
+        assert cgroup is not None
+        child = process.spawn(["sh", "-c", "sleep 100 & exit 0"], dict(os.environ), cgroup)
+        wait_exit(child.pidfd)
+        child.exit_status()
+        leftover = wait_until(lambda: cgroup.pids(), what="the orphaned sleep")[0]
+        report(leak=[leftover])
+        watch = process.watch_fds([leftover])
+        os.kill(leftover, signal.SIGKILL)
+        wait_exit(next(iter(watch)))  # a zombie now, our child (subreaper), not reaped
+        real_waitpid = os.waitpid
+        def waitpid(pid, options):
+            if pid == -1:
+                raise ChildProcessError  # as if it died just after this loop
+            return real_waitpid(pid, options)
+        os.waitpid = waitpid
+        left = process.leftovers(child)
+        os.waitpid = real_waitpid
+        report(left=left, pid_exists=os.path.exists("/proc/%d" % leftover))
+        child.close()
+        """
+    )
+    state = h.finish()
+    assert state["left"] == []
+    assert not state["pid_exists"], "the zombie leftover was left unreaped"
+
+
 # -- 4. fallback: the /proc sweep as subreaper ------------------------------------------------
 
 
