@@ -20,6 +20,7 @@ import pytest
 from helpers import LEADERRUN_CMD, ProcessRegistry
 from servers import EtcdCluster, ZkEnsemble
 from stores import Store, store_for
+from zk_partition import PartitionedZkEnsemble
 
 BACKENDS = ("etcd", "zk")
 
@@ -80,6 +81,19 @@ def zk_private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZkEnsemble]
 def zk_ensemble3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZkEnsemble]:
     """A 3-server ZooKeeper ensemble shared by one test module (same rules as etcd_cluster3)."""
     yield from _ensemble(tmp_path_factory.mktemp("zk-ensemble3"), 3)
+
+
+@pytest.fixture(scope="module")
+def zk_partitioned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PartitionedZkEnsemble]:
+    """A 3-server ZooKeeper ensemble whose members can be cut off from each other
+    (tickTime 500 ms, syncLimit 10), one per test module: a module's partition test comes last
+    or heals it."""
+    ens = PartitionedZkEnsemble(tmp_path_factory.mktemp("zk-partitioned"), sync_limit=10)
+    ens.start()
+    try:
+        yield ens
+    finally:
+        ens.stop()
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from helpers import ProcessRegistry, wait_for
 from runs import URL, start, wait_exit
 from stores import store_for
@@ -42,46 +40,35 @@ while True:
 """
 
 
-@pytest.fixture(scope="module")
-def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PartitionedZkEnsemble]:
-    """One per module: the refusal tests leave it whole, the partition test comes last."""
-    ens = PartitionedZkEnsemble(tmp_path_factory.mktemp("zk-partitioned"), sync_limit=10)
-    ens.start()
-    try:
-        yield ens
-    finally:
-        ens.stop()
-
-
 def test_refuses_a_ttl_that_cannot_cover_the_followers_bound(
-    ensemble: PartitionedZkEnsemble, processes: ProcessRegistry, election: str, tmp_path: Path
+    zk_partitioned: PartitionedZkEnsemble, processes: ProcessRegistry, election: str, tmp_path: Path
 ) -> None:
     """1 s (2 * tickTime 500 ms, read from `conf`) + renew interval 1.5 s (given) + kill grace
     3 s + safety 0.5 s + 0.25 s does not fit in 6 s: exit 2 before anything runs, naming both.
     Without --renew-interval the interval shrinks to fit (1 s here) and the job runs."""
     ran = tmp_path / "ran"
     opts = ("--ttl", "6s", "--renew-interval", "1.5s")
-    proc = start(processes, ensemble, election, "touch", str(ran), opts=opts)
+    proc = start(processes, zk_partitioned, election, "touch", str(ran), opts=opts)
     assert wait_exit(proc) == 2
     err = proc.read_stderr()
     assert "session timeout 6s" in err and "= 6.25s" in err, err
     assert "2 * tickTime 500ms" in err and "raise --ttl" in err, err
     assert not ran.exists()
-    fitted = start(processes, ensemble, election, "touch", str(ran), opts=("--ttl", "6s"))
+    fitted = start(processes, zk_partitioned, election, "touch", str(ran), opts=("--ttl", "6s"))
     assert wait_exit(fitted) == 0, fitted.read_stderr()
     assert "renewing every 1s" in fitted.read_stderr()
     assert ran.exists()
 
 
 def test_zk_tick_time_option_replaces_what_the_servers_say(
-    ensemble: PartitionedZkEnsemble, processes: ProcessRegistry, election: str, tmp_path: Path
+    zk_partitioned: PartitionedZkEnsemble, processes: ProcessRegistry, election: str, tmp_path: Path
 ) -> None:
     ran = tmp_path / "ran"
     opts = (*TIMING, "--zk-tick-time", "4s")
-    proc = start(processes, ensemble, election, "touch", str(ran), opts=opts)
+    proc = start(processes, zk_partitioned, election, "touch", str(ran), opts=opts)
     assert wait_exit(proc) == 2
     assert "--zk-tick-time" in proc.read_stderr() and not ran.exists()
-    ok = start(processes, ensemble, election, "touch", str(ran), opts=TIMING)
+    ok = start(processes, zk_partitioned, election, "touch", str(ran), opts=TIMING)
     assert wait_exit(ok) == 0, ok.read_stderr()
     assert ran.exists()
 
@@ -103,10 +90,10 @@ def logged(path: Path, what: str) -> float | None:
 
 
 def test_cut_off_follower_stops_child_before_next_leader_starts(
-    ensemble: PartitionedZkEnsemble, processes: ProcessRegistry, election: str, tmp_path: Path
+    zk_partitioned: PartitionedZkEnsemble, processes: ProcessRegistry, election: str, tmp_path: Path
 ) -> None:
-    follower = ensemble.follower()
-    majority = [m for m in ensemble.members if m is not follower]
+    follower = zk_partitioned.follower()
+    majority = [m for m in zk_partitioned.members if m is not follower]
     script = tmp_path / "job.py"
     script.write_text(JOB)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
@@ -132,16 +119,16 @@ def test_cut_off_follower_stops_child_before_next_leader_starts(
         opts=TIMING,
         name="b",
     )
-    wait_for(lambda: store_for(ensemble).queued(election, 2), 15, message="b queued")
+    wait_for(lambda: store_for(zk_partitioned).queued(election, 2), 15, message="b queued")
 
     cut = time.monotonic()
-    ensemble.isolate(follower)
+    zk_partitioned.isolate(follower)
     try:
         b_start = wait_for(lambda: logged(log_b, "start"), 40, message="second job started")
         a_end = wait_for(lambda: logged(log_a, "end"), 40, message="first job ended")
         assert wait_exit(a, 15) == 75, a.read_stderr()
     finally:
-        ensemble.heal()
+        zk_partitioned.heal()
     overlap = a_end - b_start
     print(
         f"cut at 0: first job ended at {a_end - cut:.2f}s, second started at "

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from helpers import ProcessRegistry, wait_for
 from runs import URL, alive, child_pid, long_job, start, wait_exit
 from servers import ZkMember, four_letter
@@ -27,36 +25,26 @@ TIMING = ("--ttl", f"{TTL:g}s", "--renew-interval", "1s", "--kill-grace", "1s")
 RECONNECTED = re.compile(r"reconnected to ZooKeeper after (\d+\.\d+)s \(member ([^)]+)\)")
 
 
-@pytest.fixture(scope="module")
-def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PartitionedZkEnsemble]:
-    ens = PartitionedZkEnsemble(tmp_path_factory.mktemp("zk-partitioned"), sync_limit=10)
-    ens.start()
-    try:
-        yield ens
-    finally:
-        ens.stop()
-
-
 def holds(member: ZkMember, session: int) -> bool:
     """`member` holds a client connection of `session` (4lw `cons`)."""
     return f"sid=0x{session:x}" in (four_letter(member.endpoint, "cons") or "")
 
 
 def test_leader_on_a_cut_off_follower_moves_to_the_majority_and_keeps_its_child(
-    ensemble: PartitionedZkEnsemble, processes: ProcessRegistry, election: str, tmp_path: Path
+    zk_partitioned: PartitionedZkEnsemble, processes: ProcessRegistry, election: str, tmp_path: Path
 ) -> None:
-    follower = ensemble.follower()
-    others = [m for m in ensemble.members if m is not follower]
+    follower = zk_partitioned.follower()
+    others = [m for m in zk_partitioned.members if m is not follower]
     # Listed first: kazoo connects to the members in the order given.
     url = URL("zk://" + ",".join(m.endpoint for m in [follower, *others]))
     job, pid_file, done = long_job(tmp_path, ignore_term=False)
     proc = start(processes, url, election, *job, opts=TIMING)
     child = child_pid(pid_file)
-    session = store_for(ensemble).leader_handle(election)
+    session = store_for(zk_partitioned).leader_handle(election)
     assert holds(follower, session), "leaderrun is not on the follower"
 
     cut = time.monotonic()
-    ensemble.isolate(follower)
+    zk_partitioned.isolate(follower)
     try:
         wait_for(
             lambda: RECONNECTED.search(proc.read_stderr()) or proc.poll() is not None,
@@ -74,8 +62,8 @@ def test_leader_on_a_cut_off_follower_moves_to_the_majority_and_keeps_its_child(
         assert alive(child) and proc.poll() is None, proc.read_stderr()
         assert any(holds(m, session) for m in others), "no member of the majority holds it"
     finally:
-        ensemble.heal()
-        ensemble.wait_healthy()
+        zk_partitioned.heal()
+        zk_partitioned.wait_healthy()
     done.touch()
     assert wait_exit(proc) == 0, proc.read_stderr()
     err = proc.read_stderr()
