@@ -15,6 +15,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from helpers import LEADERRUN_CMD, ProcessRegistry
@@ -25,13 +26,20 @@ from zk_partition import PartitionedZkEnsemble
 BACKENDS = ("etcd", "zk")
 
 
-def _cluster(tmp: Path, size: int) -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(tmp, size=size)
-    cluster.start()
+Server = TypeVar("Server", EtcdCluster, ZkEnsemble, PartitionedZkEnsemble)
+
+
+def _running(server: Server) -> Iterator[Server]:
+    """Start `server` for a fixture and stop it after, whatever the tests did."""
+    server.start()
     try:
-        yield cluster
+        yield server
     finally:
-        cluster.stop()
+        server.stop()
+
+
+def _cluster(tmp: Path, size: int) -> Iterator[EtcdCluster]:
+    yield from _running(EtcdCluster(tmp, size=size))
 
 
 @pytest.fixture(scope="session")
@@ -57,12 +65,7 @@ def etcd_cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdClus
 
 
 def _ensemble(tmp: Path, size: int, **options: int) -> Iterator[ZkEnsemble]:
-    ensemble = ZkEnsemble(tmp, size=size, **options)
-    ensemble.start()
-    try:
-        yield ensemble
-    finally:
-        ensemble.stop()
+    yield from _running(ZkEnsemble(tmp, size=size, **options))
 
 
 @pytest.fixture(scope="session")
@@ -88,12 +91,9 @@ def zk_partitioned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Partiti
     """A 3-server ZooKeeper ensemble whose members can be cut off from each other
     (tickTime 500 ms, syncLimit 10), one per test module: a module's partition test comes last
     or heals it."""
-    ens = PartitionedZkEnsemble(tmp_path_factory.mktemp("zk-partitioned"), sync_limit=10)
-    ens.start()
-    try:
-        yield ens
-    finally:
-        ens.stop()
+    yield from _running(
+        PartitionedZkEnsemble(tmp_path_factory.mktemp("zk-partitioned"), sync_limit=10)
+    )
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
