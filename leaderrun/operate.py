@@ -21,14 +21,15 @@ from rich.table import Table
 
 from leaderrun.backends import Backend, Candidate, ElectionView, backend_class
 from leaderrun.errors import ExitCode
-from leaderrun.record import parse_value, step_down_request
+from leaderrun.record import int_field, parse_value, step_down_request
 from leaderrun.settings import Settings
 
 SCHEMA_VERSION = 1
 #: Added fields within schema 1: 1 = `step_down` on each election; 2 = `max_holders` and
 #: `holders` (each with `slot` and `step_down`) on each election; 3 = `last_outcome` on each
-#: election.
-SCHEMA_MINOR = 3
+#: election; 4 = `slot` on `last_outcome`, and `max_holders` from the last outcome when nobody
+#: is queued.
+SCHEMA_MINOR = 4
 RAW_PREVIEW = 200
 
 
@@ -109,6 +110,7 @@ def describe_outcome(raw: bytes | None) -> dict[str, Any] | None:
         "duration": duration if isinstance(duration, int | float) else None,
         "status": status if isinstance(status, int) else None,
         "ended": document.get("ended"),
+        "slot": int_field(raw, "slot"),
     }
 
 
@@ -149,12 +151,20 @@ def describe_election(view: ElectionView) -> dict[str, Any]:
         "name": view.name,
         "leader": holders[0] if holders else None,
         "step_down": describe_step_down(view) if view.max_holders == 1 else None,
-        "max_holders": view.max_holders,
+        "max_holders": max_holders(view),
         "holders": holders,
         "waiting": candidates[view.max_holders :],
         "last_run": describe_last_run(view.last_run),
         "last_outcome": describe_outcome(view.outcome),
     }
+
+
+def max_holders(view: ElectionView) -> int:
+    """N as the candidates say it; with nobody queued, as the last run said it (1.4), so an
+    idle `--max-holders` election still shows its slots."""
+    if view.candidates or view.outcome is None:
+        return view.max_holders
+    return int_field(view.outcome, "holders") or view.max_holders
 
 
 def step_down_line(request: dict[str, Any]) -> str:

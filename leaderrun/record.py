@@ -110,13 +110,22 @@ OUTCOME_ENDINGS = ("exited", "lost", "stepped-down", "stopped", "killed")
 
 
 def outcome_record(
-    token: int, identity: str, start: float, duration: float, status: int, ended: str
+    token: int,
+    identity: str,
+    start: float,
+    duration: float,
+    status: int,
+    ended: str,
+    holders: int = 1,
+    slot: int = 0,
 ) -> bytes:
     """What every run ended with, for `status`: the term (`token`), who ran it, when it
     started (wall clock), how long the child ran (seconds), the child's own status (128+N
     for signal N) and how it ended (`OUTCOME_ENDINGS`). Unlike the `--once-per` record, it
-    is written after the release, for failed runs too."""
-    document = {
+    is written after the release, for failed runs too. Under `--max-holders` it also says N
+    and the slot: once every holder has gone, it is the only place `status` can learn N from.
+    """
+    document: dict[str, object] = {
         "v": OUTCOME_VERSION,
         "token": token,
         "id": identity,
@@ -126,6 +135,8 @@ def outcome_record(
         "status": status,
         "ended": ended,
     }
+    if holders > 1:
+        document.update(holders=holders, slot=slot)
     return json.dumps(document, separators=(",", ":")).encode()
 
 

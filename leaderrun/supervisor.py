@@ -108,8 +108,11 @@ class TermPlan:
         lost: bool,
         tree_alive: bool,
         handover: bool = False,
+        lapsed: bool = False,
     ) -> Action:
-        at_risk = now >= self.timing.stop_at(lease_deadline)
+        """`lapsed`: the clock passed the stop point at some moment, even if a renewal answered
+        later has moved the deadline on since (see `LeaseClock.lapsed`)."""
+        at_risk = lapsed or now >= self.timing.stop_at(lease_deadline)
         if self.outcome != ExitCode.LOST and not self._stopping_by_signal():
             if at_risk:
                 # A term past its deadline never keeps its child, nor reports a status that
@@ -451,7 +454,14 @@ class Supervisor:
             except (CommandNotFound, CommandNotExecutable) as exc:
                 # The exec failed (e.g. a script without #!): a run too, of no time, 126/127.
                 outcome = outcome_record(
-                    term.token, self.settings.identity, started, 0.0, int(exc.exit_code), "exited"
+                    term.token,
+                    self.settings.identity,
+                    started,
+                    0.0,
+                    int(exc.exit_code),
+                    "exited",
+                    self.settings.max_holders,
+                    term.slot,
                 )
                 raise
             outcome = self._outcome(term, started, status)
@@ -498,6 +508,8 @@ class Supervisor:
 
     def _lead(self, term: Term) -> int:
         """Start the child, supervise it, and return its exit code once its whole tree is gone."""
+        deadline = term.clock.deadline()
+        term.clock.guard(deadline - self._timing(term).stop_at(deadline))
         self._send_deadline(term)
         cgroup = process.Cgroup.create(f"{os.getpid()}-{term.token}")
         child = process.spawn(
@@ -538,7 +550,12 @@ class Supervisor:
                 survivors = self._survivors(child, status, watched)
                 tree_alive = status is None or bool(survivors)
                 action = plan.decide(
-                    now, deadline, term.lost.is_set(), tree_alive, bool(term.handover_by)
+                    now,
+                    deadline,
+                    term.lost.is_set(),
+                    tree_alive,
+                    bool(term.handover_by),
+                    term.clock.lapsed,
                 )
                 if action in (Action.AT_RISK, Action.LOST, Action.HANDOVER):
                     self._begin_stop(child, term, plan, action, now, deadline)
@@ -625,6 +642,14 @@ class Supervisor:
                 child.pid,
                 extra=event("step_down", pid=child.pid, token=term.token, by=term.handover_by),
             )
+        elif action is Action.AT_RISK and term.clock.lapsed:
+            log.warning(
+                "a lease renewal was answered only after the stop point (was leaderrun stalled "
+                "or starved?); stopping child pid %d, the term is over",
+                child.pid,
+                extra=event("at_risk", pid=child.pid, token=term.token),
+            )
+            term.lose("lease renewed only after the stop point")
         elif action is Action.AT_RISK:
             log.warning(
                 "lease renewal failing for %.1fs; stopping child pid %d (lease may expire in "
@@ -825,6 +850,8 @@ class Supervisor:
             duration=time.monotonic() - self.child_started_at,
             status=status if self.child_status is None else self.child_status,
             ended=ended,
+            holders=self.settings.max_holders,
+            slot=term.slot,
         )
 
     def _record_outcome(self, term: Term, record: bytes) -> None:

@@ -27,7 +27,7 @@ from leaderrun.settings import Settings, build_timing, parse_backend_url
 
 def last_outcome(store: Store, election: str) -> Any:
     code, document = status(store, election)
-    assert document is not None and document["schema_minor"] == 3
+    assert document is not None and document["schema_minor"] == 4
     return code, document["elections"][0]["last_outcome"]
 
 
@@ -97,6 +97,31 @@ def test_lost_leadership_is_recorded_as_such(
         x for x in operator(store, "status", election).stdout.splitlines() if "last run" in x
     )
     assert "killed by SIGTERM after" in line and line.endswith(", leadership lost")
+
+
+def test_an_idle_max_holders_election_still_shows_its_slots(
+    store: Store, election: str, processes: ProcessRegistry
+) -> None:
+    """Nobody is queued once the last holder has gone, so N comes from the last outcome: the
+    election is shown as "0 of 2 slots held", not as a one-leader election. The plain
+    N = 1 record says nothing of slots."""
+    single = start(processes, store, election, "true", opts=("--id", "node-one"))
+    assert wait_exit(single) == 0
+    _, document = status(store, election)
+    assert document["elections"][0]["max_holders"] == 1
+    assert document["elections"][0]["last_outcome"]["slot"] is None
+
+    opts = ("--max-holders", "2", "--id", "node-two")
+    proc = start(processes, store, election, *sh("exit 5"), opts=opts)
+    assert wait_exit(proc) == 5
+    code, document = status(store, election)
+    assert code == 3  # nobody holds a slot
+    shown = document["elections"][0]
+    assert shown["max_holders"] == 2 and shown["holders"] == [] and shown["leader"] is None
+    assert shown["last_outcome"]["id"] == "node-two" and shown["last_outcome"]["slot"] == 0
+    plain = operator(store, "status", election).stdout.splitlines()
+    assert plain[0] == f"{election}: 0 of 2 slots held", plain
+    assert " by node-two: exit 5 after " in plain[1], plain
 
 
 def test_a_command_that_cannot_be_executed_is_recorded_too(

@@ -76,6 +76,38 @@ def test_a_child_that_exited_past_the_deadline_still_ends_the_term_as_lost() -> 
     assert plan.decide(STOP_AT + 1, DEADLINE, lost=False, tree_alive=False) is Action.AT_RISK
 
 
+def test_a_term_that_lapsed_stays_at_risk_after_a_late_renewal() -> None:
+    """A worker stalled past the stop point, then resumed: its renewal thread may get an
+    answer (and a later deadline) before the loop looks. The guard may have killed the child
+    meanwhile, so the child's status (137) must not become the exit code: still 75."""
+    plan = TermPlan(TIMING)
+    later = DEADLINE + 30.0
+    assert plan.decide(STOP_AT, later, lost=False, tree_alive=False) is Action.WAIT
+    assert plan.decide(STOP_AT, later, False, False, lapsed=True) is Action.AT_RISK
+    plan.stop(STOP_AT, later, ExitCode.LOST)
+    assert plan.decide(STOP_AT, later, False, False, lapsed=True) is Action.DONE
+    assert plan.outcome == ExitCode.LOST
+
+
+def test_lease_clock_lapses_only_on_an_answer_past_the_stop_margin() -> None:
+    now = time.monotonic()
+    timely = LeaseClock(ttl=TTL, last_ack=now - 5.0)
+    timely.guard(stop_margin=3.0)  # stop point 2 s from now
+    timely.acked(now, TTL, record=False)
+    assert not timely.lapsed and timely.deadline() == pytest.approx(now + TTL)
+
+    late = LeaseClock(ttl=TTL, last_ack=now - 8.0)
+    late.guard(stop_margin=3.0)  # the stop point passed 1 s ago
+    late.acked(time.monotonic(), TTL, record=False)
+    assert late.lapsed, "an answer after the stop point lapses the term"
+    late.acked(time.monotonic(), TTL, record=False)
+    assert late.lapsed, "for good: a later, timely answer does not undo it"
+
+    waiting = LeaseClock(ttl=TTL, last_ack=now - 8.0)  # no child yet: nothing to guard
+    waiting.acked(time.monotonic(), TTL, record=False)
+    assert not waiting.lapsed
+
+
 def test_a_child_that_exits_by_itself_is_done_once_its_tree_is_gone() -> None:
     plan = TermPlan(TIMING)
     plan.outcome = 3

@@ -98,6 +98,12 @@ class LeaseClock:
     last_ack: float = field(default_factory=time.monotonic)
     election: str = ""
     listener: Callable[[], None] = field(default=lambda: None, repr=False)
+    #: Once a child runs: how long before the deadline it must be stopped (`stop_margin`).
+    #: An answer that arrives after that point sets `lapsed` for good: a worker that was
+    #: stalled past it may find its renewals answered again, but the guard may have stopped
+    #: the child meanwhile, and the term is over whatever the server says now.
+    stop_margin: float | None = None
+    lapsed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def acked(self, sent_at: float, ttl: float, record: bool = True) -> None:
@@ -107,10 +113,18 @@ class LeaseClock:
         if record:
             metrics.renewed(self.election, sent_at)
         with self._lock:
+            margin = self.stop_margin
+            if margin is not None and time.monotonic() >= self.last_ack + self.ttl - margin:
+                self.lapsed = True
             if sent_at > self.last_ack:
                 self.last_ack = sent_at
             self.ttl = ttl
         self.listener()
+
+    def guard(self, stop_margin: float) -> None:
+        """From now on, an answer later than `stop_margin` before the deadline lapses the term."""
+        with self._lock:
+            self.stop_margin = stop_margin
 
     def deadline(self) -> float:
         """The earliest monotonic time at which the server may expire the lease."""
