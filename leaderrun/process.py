@@ -511,18 +511,33 @@ def leftovers(child: Child) -> list[int]:
     file; else every live descendant, from a /proc scan. Exited orphans re-parented to us are
     reaped either way.
 
-    An empty cgroup is confirmed by the scan too: a member that becomes a zombie between the
-    reaping and the read is listed by neither, and would outlive the release as an unreaped
-    zombie whose pid still answers `kill -0` on the next leader's host. The scan reaps it
-    (and lists as live any process still on its way out).
+    An empty cgroup is confirmed by reaping again: a member that becomes a zombie between the
+    first reaping and the read is listed by neither, and would outlive the release as an
+    unreaped zombie whose pid still answers `kill -0` on the next leader's host. Once every
+    member has left the cgroup, what is left of the term can only be our own children
+    (orphans are re-parented to us); a child that is still on its way out (it leaves
+    `cgroup.procs` before it is a zombie) is then found by the /proc scan. Usually no child is
+    left at all, and the answer costs one more `waitpid`, not a scan.
     """
     cgroup = child.cgroup
     if cgroup is None or not child.reaped:
         return live_tree(exclude=() if child.reaped else (child.pid,))
-    with contextlib.suppress(ChildProcessError):
+    _reap_exited()
+    members = cgroup.pids()
+    if members:
+        return members
+    return live_tree() if _reap_exited() else []
+
+
+def _reap_exited() -> bool:
+    """Collect every child of ours that has exited; True if children remain (still running,
+    or on their way out)."""
+    try:
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
-    return cgroup.pids() or live_tree()
+    except ChildProcessError:
+        return False  # no child left at all
+    return True
 
 
 def _reap(pid: int) -> bool:

@@ -503,7 +503,7 @@ def test_leftovers_reaps_a_member_that_died_after_the_reaping(
     """A leftover that turns zombie between leftovers()'s reaping and its cgroup read is in
     neither: it must still be reaped before leftovers() answers "nothing left", or its pid
     outlives the release (`kill -0` answers on the next leader's host). The race is forced by
-    hiding zombies from the first, blanket reaping."""
+    hiding the zombie from the first blanket reaping, as if it died just after it."""
     if not cgroup_kill_supported():
         pytest.skip("no cgroup2 mount or kernel < 5.14: cgroup.kill is absent")
     h = helper(
@@ -520,9 +520,11 @@ def test_leftovers_reaps_a_member_that_died_after_the_reaping(
         os.kill(leftover, signal.SIGKILL)
         wait_exit(next(iter(watch)))  # a zombie now, our child (subreaper), not reaped
         real_waitpid = os.waitpid
+        hidden = [True]
         def waitpid(pid, options):
-            if pid == -1:
-                raise ChildProcessError  # as if it died just after this loop
+            if pid == -1 and hidden[0]:
+                hidden[0] = False
+                raise ChildProcessError  # as if it died just after this reaping
             return real_waitpid(pid, options)
         os.waitpid = waitpid
         left = process.leftovers(child)
