@@ -12,7 +12,7 @@ import abc
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
@@ -386,18 +386,11 @@ class Backend(abc.ABC):
     def withdraw_step_down(self, election: str, request: bytes, slot: int | None = None) -> None:
         """Remove `request` if it is still the pending one (the holder did not act in time)."""
 
-    @contextmanager
-    def changes(self, election: str) -> Iterator[Callable[[float], bool]]:
+    @abc.abstractmethod
+    def changes(self, election: str) -> AbstractContextManager[Callable[[float], bool]]:
         """For operators' waits (`step-down`): within the block, `wait(until)` returns True
         once something in `election`'s queue changed since the previous call (or the block
-        began), False at `until` (monotonic). Backends override it with a store watch; this
-        fallback for a backend without one looks again every second."""
-
-        def wait(until: float) -> bool:
-            time.sleep(max(0.0, min(1.0, until - time.monotonic())))
-            return time.monotonic() < until
-
-        yield wait
+        began), False at `until` (monotonic). A store watch: no backend looks on a timer."""
 
     @abc.abstractmethod
     def force_step_down(self, election: str, slot: int | None = None) -> Candidate | None:
