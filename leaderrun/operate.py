@@ -77,7 +77,11 @@ def describe_candidate(candidate: Candidate) -> dict[str, Any]:
     return described
 
 
-def describe_last_run(raw: bytes | None) -> dict[str, Any] | None:
+def describe_run(
+    raw: bytes | None, details: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """A run record (`--once-per`'s or an outcome): who ran it and when, then `details`;
+    `{"foreign": true, ...}` for a record leaderrun did not write, None for none."""
     if raw is None:
         return None
     document = parse_value(raw)
@@ -89,28 +93,27 @@ def describe_last_run(raw: bytes | None) -> dict[str, Any] | None:
         "host": document.get("host"),
         "token": document.get("token"),
         "start": iso(document.get("start")),
-        "end": iso(document.get("end")),
+        **details(document),
     }
+
+
+def describe_last_run(raw: bytes | None) -> dict[str, Any] | None:
+    """The last successful `--once-per` run, or None."""
+    return describe_run(raw, lambda document: {"end": iso(document.get("end"))})
 
 
 def describe_outcome(raw: bytes | None) -> dict[str, Any] | None:
     """The last run's outcome, of any term (schema 1.3), or None when none was recorded."""
-    if raw is None:
-        return None
-    document = parse_value(raw)
-    if document is None:
-        return {"foreign": True, "raw": raw_preview(raw)}
-    duration, status = document.get("duration"), document.get("status")
+    return describe_run(raw, outcome_details)
+
+
+def outcome_details(document: dict[str, Any]) -> dict[str, Any]:
+    duration, status, slot = (document.get(k) for k in ("duration", "status", "slot"))
     return {
-        "foreign": False,
-        "id": document["id"],
-        "host": document.get("host"),
-        "token": document.get("token"),
-        "start": iso(document.get("start")),
         "duration": duration if isinstance(duration, int | float) else None,
         "status": status if isinstance(status, int) else None,
         "ended": document.get("ended"),
-        "slot": int_field(raw, "slot"),
+        "slot": slot if isinstance(slot, int) and not isinstance(slot, bool) else None,
     }
 
 

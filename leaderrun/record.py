@@ -142,6 +142,4 @@ def outcome_record(
 
 def outcome_token(record: bytes | None) -> int | None:
     """The term an outcome record is of, or None for anything else (foreign, damaged)."""
-    document = parse_value(record) if record else None
-    token = document.get("token") if document else None
-    return token if isinstance(token, int) and not isinstance(token, bool) else None
+    return int_field(record, "token") if record else None

@@ -11,7 +11,7 @@ import math
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from leaderrun.errors import UsageError
@@ -272,9 +272,15 @@ class Timing:
         """
         return lease_deadline - self.safety - KILL_LEAD
 
+    @property
+    def stop_margin(self) -> float:
+        """How long before the lease deadline stopping must begin: `stop_at` is that far
+        ahead of it, a full kill grace before `kill_by`."""
+        return self.safety + KILL_LEAD + self.kill_grace
+
     def stop_at(self, lease_deadline: float) -> float:
         """When stopping (SIGTERM) must begin: a full kill grace before `kill_by`."""
-        return self.kill_by(lease_deadline) - self.kill_grace
+        return lease_deadline - self.stop_margin
 
     def check(self, what: str = "--ttl") -> None:
         """Refuse combinations under which the timing rule cannot be kept."""
@@ -290,12 +296,7 @@ class Timing:
 
     def with_granted_ttl(self, granted: float) -> Timing:
         """The server may grant another TTL than asked; the rule uses what it granted."""
-        return Timing(
-            ttl=granted,
-            kill_grace=self.kill_grace,
-            renew_interval=self.renew_interval,
-            renew_given=self.renew_given,
-        )
+        return replace(self, ttl=granted)
 
 
 @dataclass(frozen=True)

@@ -453,16 +453,7 @@ class Supervisor:
                 status = self._lead(term)
             except (CommandNotFound, CommandNotExecutable) as exc:
                 # The exec failed (e.g. a script without #!): a run too, of no time, 126/127.
-                outcome = outcome_record(
-                    term.token,
-                    self.settings.identity,
-                    started,
-                    0.0,
-                    int(exc.exit_code),
-                    "exited",
-                    self.settings.max_holders,
-                    term.slot,
-                )
+                outcome = self._outcome_record(term, started, 0.0, int(exc.exit_code), "exited")
                 raise
             outcome = self._outcome(term, started, status)
             if status == 0 and self.settings.once_per is not None:
@@ -508,8 +499,7 @@ class Supervisor:
 
     def _lead(self, term: Term) -> int:
         """Start the child, supervise it, and return its exit code once its whole tree is gone."""
-        deadline = term.clock.deadline()
-        term.clock.guard(deadline - self._timing(term).stop_at(deadline))
+        term.clock.guard(self._timing(term).stop_margin)
         self._send_deadline(term)
         cgroup = process.Cgroup.create(f"{os.getpid()}-{term.token}")
         child = process.spawn(
@@ -843,15 +833,23 @@ class Supervisor:
             ended = "stopped"
         else:
             ended = "exited"
+        own = status if self.child_status is None else self.child_status
+        return self._outcome_record(
+            term, started, time.monotonic() - self.child_started_at, own, ended
+        )
+
+    def _outcome_record(
+        self, term: Term, started: float, duration: float, status: int, ended: str
+    ) -> bytes:
         return outcome_record(
-            token=term.token,
-            identity=self.settings.identity,
-            start=started,
-            duration=time.monotonic() - self.child_started_at,
-            status=status if self.child_status is None else self.child_status,
-            ended=ended,
-            holders=self.settings.max_holders,
-            slot=term.slot,
+            term.token,
+            self.settings.identity,
+            started,
+            duration,
+            status,
+            ended,
+            self.settings.max_holders,
+            term.slot,
         )
 
     def _record_outcome(self, term: Term, record: bytes) -> None:

@@ -4,6 +4,7 @@ and `step-down`, small shell jobs. Backend-neutral: nothing here knows etcd from
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -55,6 +56,27 @@ def start(
     flags = ("-" + "v" * verbose,) if verbose > 0 else ()
     argv = [*LEADERRUN_CMD, "--backend", store.backend_url, "-e", election, *flags, *opts]
     return processes.start([*argv, "--", *command], name=name, env=clean_env(env))
+
+
+#: leaderrun's -v line when its ZooKeeper client moved to another member.
+RECONNECTED = re.compile(r"reconnected to ZooKeeper after (\d+\.\d+)s \(member ([^)]+)\)")
+
+
+def wait_reconnected(
+    proc: TrackedPopen, since: float, timeout: float, message: str
+) -> tuple[re.Match[str], float]:
+    """The `RECONNECTED` line `proc` logged (member in group 2), and the seconds from `since`
+    (monotonic) until it was seen."""
+    wait_for(
+        lambda: RECONNECTED.search(proc.read_stderr()) or proc.poll() is not None,
+        timeout,
+        interval=0.01,
+        message=message,
+    )
+    seen_after = time.monotonic() - since
+    found = RECONNECTED.search(proc.read_stderr())
+    assert found is not None, proc.read_stderr()
+    return found, seen_after
 
 
 def wait_exit(proc: TrackedPopen, timeout: float = 30) -> int:

@@ -11,7 +11,6 @@ to the next member well inside the margin.
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import ProcessRegistry, wait_for
 from nemesis.proxy import Proxy
-from runs import URL, alive, child_pid, long_job, start, wait_exit
+from runs import URL, alive, child_pid, long_job, start, wait_exit, wait_reconnected
 from servers import ZkEnsemble, ZkMember, four_letter
 from stores import ZkStore
 
@@ -29,7 +28,6 @@ from stores import ZkStore
 #: it must exceed the followers' bound (syncLimit 4 * tickTime 500ms + 250ms = 2.25s) + 2
 #: renew intervals + kill grace + safety + 0.25s (13.75s at 15s).
 TTL = 15.0
-RECONNECTED = re.compile(r"reconnected to ZooKeeper after (\d+\.\d+)s \(member ([^)]+)\)")
 
 
 @pytest.fixture
@@ -69,15 +67,9 @@ def test_member_that_drops_packets_mid_term_is_left_and_the_child_runs_on(
 
     silenced_at = time.monotonic()
     proxy.set_mode("silent")
-    wait_for(
-        lambda: RECONNECTED.search(proc.read_stderr()) or proc.poll() is not None,
-        TTL,
-        interval=0.01,
-        message="leaderrun to reconnect to another member",
+    reconnected, moved_after = wait_reconnected(
+        proc, silenced_at, TTL, "leaderrun to reconnect to another member"
     )
-    moved_after = time.monotonic() - silenced_at
-    reconnected = RECONNECTED.search(proc.read_stderr())
-    assert reconnected is not None, proc.read_stderr()
     assert reconnected[2] in (m2.endpoint, m3.endpoint), reconnected[0]
     assert {m2, m3} & set(holders(zk_ensemble3, session)), "no healthy member holds the session"
     print(f"moved off the silent member after {moved_after:.2f}s (logged {reconnected[1]}s)")

@@ -10,19 +10,17 @@ go on, well before the follower would give up on the leader (syncLimit * tickTim
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 from helpers import ProcessRegistry, wait_for
-from runs import URL, alive, child_pid, long_job, start, wait_exit
+from runs import URL, alive, child_pid, long_job, start, wait_exit, wait_reconnected
 from servers import ZkMember, four_letter
 from stores import store_for
 from zk_partition import PartitionedZkEnsemble
 
 TTL = 10.0
 TIMING = ("--ttl", f"{TTL:g}s", "--renew-interval", "1s", "--kill-grace", "1s")
-RECONNECTED = re.compile(r"reconnected to ZooKeeper after (\d+\.\d+)s \(member ([^)]+)\)")
 
 
 def holds(member: ZkMember, session: int) -> bool:
@@ -46,15 +44,9 @@ def test_leader_on_a_cut_off_follower_moves_to_the_majority_and_keeps_its_child(
     cut = time.monotonic()
     zk_partitioned.isolate(follower)
     try:
-        wait_for(
-            lambda: RECONNECTED.search(proc.read_stderr()) or proc.poll() is not None,
-            TTL,
-            interval=0.01,
-            message="leaderrun to reconnect to a member of the majority",
+        reconnected, moved_after = wait_reconnected(
+            proc, cut, TTL, "leaderrun to reconnect to a member of the majority"
         )
-        moved_after = time.monotonic() - cut
-        reconnected = RECONNECTED.search(proc.read_stderr())
-        assert reconnected is not None, proc.read_stderr()
         assert reconnected[2] in {m.endpoint for m in others}, reconnected[0]
         print(f"moved to the majority {moved_after:.2f}s after the cut")
         # Past T since the cut: only the touch through the majority keeps the session.

@@ -1896,14 +1896,7 @@ class ZooKeeperBackend(Backend):
                 waiting = contenders(self._children(lock_node_of(path)))
         if waiting or leases_among(children):
             return self._semaphore_view(election, children, waiting, record, request, outcome)
-        candidates = []
-        for contender in contenders(children):
-            key = f"{path}/{contender.name}"
-            try:
-                data, stat = self._get(key)
-            except NoNodeError:
-                continue  # left while we looked
-            candidates.append(Candidate(key, int(stat.czxid), bytes(data)))
+        candidates = self._view_nodes(path, [c.name for c in contenders(children)])
         return ElectionView(
             election,
             tuple(candidates),
