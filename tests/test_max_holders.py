@@ -253,3 +253,17 @@ def test_no_wait_and_wait_timeout_skip_while_every_slot_is_held(
     assert len(jobs.runs()) == 2
     jobs.finish()
     assert [wait_exit(p) for p in procs] == [0, 0]
+
+
+def test_once_per_counts_runs_per_election_not_per_slot(
+    store: Store, election: str, processes: ProcessRegistry, tmp_path: Path
+) -> None:
+    """`--once-per` under `--max-holders`: one successful run of any holder counts for the
+    whole election, so the next candidate in the period skips, whichever slot it would take."""
+    jobs = Jobs(tmp_path)
+    opts = ("--max-holders", "2", "--once-per", "1h", "--skip-exit-code", "3")
+    first = start(processes, store, election, *jobs.command(hold=0), opts=opts, name="first")
+    assert wait_exit(first) == 0
+    later = start(processes, store, election, *jobs.command(hold=0), opts=opts, name="later")
+    assert wait_exit(later) == 3
+    assert len(jobs.runs()) == 1
